@@ -1,0 +1,63 @@
+"""The webhook dispatcher as a background task of the app's lifespan.
+
+Every API process runs one (when ``PARTVAULT_WEBHOOK_DISPATCHER`` is on); the
+outbox claims make several dispatchers on one database safe. Shutdown sets the
+stop event and waits for the current pass to finish, so no lease is left
+behind by a clean stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+import httpx
+from litestar import Litestar
+
+from api.services import Services
+from licensing.orders.dispatcher import Dispatcher, RetrySchedule
+
+LEASE_PER_TIMEOUT = 6  # a lease outlasts the four HTTP timeout phases with room to spare
+
+
+def make_dispatcher(services: Services, http: httpx.Client) -> Dispatcher:
+    settings = services.settings
+    delays = tuple(timedelta(seconds=s) for s in settings.webhook_retry_delays)
+    return Dispatcher(
+        services.engine,
+        http,
+        services.keyring,
+        RetrySchedule(delays=delays),
+        lease=timedelta(seconds=max(1.0, settings.webhook_timeout) * LEASE_PER_TIMEOUT),
+        timeout=settings.webhook_timeout,
+    )
+
+
+class DispatcherTask:
+    """Starts `Dispatcher.run_forever` on startup and stops it on shutdown."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.stop_event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.http: httpx.Client | None = None
+
+    async def start(self, app: Litestar) -> None:
+        if not self.services.settings.webhook_dispatcher:
+            return
+        self.stop_event = asyncio.Event()
+        self.http = httpx.Client(headers={"user-agent": "partvault-webhooks/1"})
+        dispatcher = make_dispatcher(self.services, self.http)
+        interval = self.services.settings.webhook_poll_interval
+        self.task = asyncio.create_task(dispatcher.run_forever(self.stop_event, interval))
+
+    async def stop(self, app: Litestar) -> None:
+        if self.task is None:
+            return
+        self.stop_event.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        self.task = None
+        if self.http is not None:
+            self.http.close()

@@ -1,0 +1,181 @@
+"""Licences: issue, read, revoke, redeem print by print; print jobs and reports; JWKS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Response, get, post
+from litestar.params import FromPath, JSONBody
+
+from api.auth import Auth, Svc
+from api.idempotency import IdempotencyKey, in_thread, run_idempotent
+from api.schemas import LicenceIn, LicenceOut, PrintJobOut, PrintReport, RedeemIn, StatusChange
+from inventory.db import utcnow
+from licensing import licences
+from licensing.licences import JobStatus, LicenceTerms
+from licensing.orders import orders
+from licensing.tokens import current_signer, jwks, published_keys, sign_revocation_list
+
+
+@post("/v1/licences", tags=["licences"])
+async def issue_licence(
+    data: JSONBody[LicenceIn],
+    brand: Auth,
+    services: Svc,
+    idempotency_key: IdempotencyKey = None,
+) -> Response[bytes]:
+    """Issue a signed licence for `prints` prints of a revision to a certified facility."""
+    assert brand.brand_id is not None
+    terms = LicenceTerms(
+        facility_id=data.facility_id,
+        revision_id=data.revision_id,
+        prints=data.prints,
+        not_before=data.not_before or utcnow(),
+        expires_at=data.expires_at,
+    )
+
+    def work(session: Any) -> LicenceOut:
+        signer = current_signer(session, services.keyring)
+        row = licences.issue(
+            session,
+            signer,
+            services.tokens,
+            brand.brand_id or "",
+            terms,
+            actor=f"brand:{brand.brand_id}",
+        )
+        return LicenceOut.of(row)
+
+    return await in_thread(
+        run_idempotent,
+        services,
+        scope=brand.token_id,
+        key=idempotency_key,
+        method="POST",
+        path="/v1/licences",
+        payload=data,
+        status_code=201,
+        work=work,
+    )
+
+
+@get("/v1/licences", sync_to_thread=True, tags=["licences"])
+def list_licences(caller: Auth, services: Svc) -> list[LicenceOut]:
+    """A brand sees its licences, a facility those issued to it, the operator all."""
+    with services.transaction() as session:
+        return [LicenceOut.of(row) for row in licences.list_licences(session, caller)]
+
+
+@get("/v1/licences/{jti:str}", sync_to_thread=True, tags=["licences"])
+def get_licence(jti: FromPath[str], caller: Auth, services: Svc) -> LicenceOut:
+    with services.transaction() as session:
+        return LicenceOut.of(licences.get_licence(session, caller, jti))
+
+
+@post("/v1/licences/{jti:str}/revoke", sync_to_thread=True, tags=["licences"])
+def revoke_licence(
+    jti: FromPath[str], data: JSONBody[StatusChange], brand: Auth, services: Svc
+) -> LicenceOut:
+    assert brand.brand_id is not None
+    with services.transaction() as session:
+        row = licences.revoke(
+            session, brand.brand_id, jti, data.reason, actor=f"brand:{brand.brand_id}"
+        )
+        return LicenceOut.of(row)
+
+
+@post("/v1/licences/{jti:str}/redeem", tags=["licences"])
+async def redeem_licence(
+    jti: FromPath[str],
+    data: JSONBody[RedeemIn],
+    facility: Auth,
+    services: Svc,
+    idempotency_key: IdempotencyKey = None,
+) -> Response[bytes]:
+    """Count one print (if any remain) and open its print job; the facility's
+    proof of possession was checked with its token."""
+
+    def work(session: Any) -> PrintJobOut:
+        keys = published_keys(session, utcnow())
+        job = licences.redeem(
+            session, facility, jti, data.licence, context=services.tokens, key_lookup=keys.get
+        )
+        orders.on_print_redeemed(session, job)
+        return PrintJobOut.of(job)
+
+    return await in_thread(
+        run_idempotent,
+        services,
+        scope=facility.token_id,
+        key=idempotency_key,
+        method="POST",
+        path=f"/v1/licences/{jti}/redeem",
+        payload=data,
+        status_code=201,
+        work=work,
+    )
+
+
+@get("/v1/jobs", sync_to_thread=True, tags=["licences"])
+def list_jobs(caller: Auth, services: Svc) -> list[PrintJobOut]:
+    with services.transaction() as session:
+        return [PrintJobOut.of(job) for job in licences.list_jobs(session, caller)]
+
+
+@get("/v1/jobs/{serial:str}", sync_to_thread=True, tags=["licences"])
+def get_job(serial: FromPath[str], caller: Auth, services: Svc) -> PrintJobOut:
+    with services.transaction() as session:
+        job = licences.get_job(session, caller, licences.parse_serial(serial))
+        return PrintJobOut.of(job)
+
+
+@post("/v1/jobs/{serial:str}/report", sync_to_thread=True, tags=["licences"])
+def report_job(
+    serial: FromPath[str], data: JSONBody[PrintReport], facility: Auth, services: Svc
+) -> PrintJobOut:
+    """The facility reports a print as printed or failed (with a reason)."""
+    with services.transaction() as session:
+        job = licences.report(
+            session,
+            facility,
+            licences.parse_serial(serial),
+            status=JobStatus(data.status),
+            reason=data.reason,
+            measurements=dict(data.measurements),
+        )
+        orders.on_print_reported(session, job)
+        return PrintJobOut.of(job)
+
+
+@get("/.well-known/jwks.json", sync_to_thread=True, tags=["licences"])
+def licence_jwks(services: Svc) -> dict[str, Any]:
+    """The public keys that verify licences (current and still-needed old ones)."""
+    with services.transaction() as session:
+        return jwks(session, utcnow())
+
+
+@get("/v1/licences/revoked", sync_to_thread=True, tags=["licences"], media_type="application/jwt")
+def revocation_list(services: Svc) -> str:
+    """A signed list (JWT, typ pv-crl+jwt) of revoked, unexpired licences."""
+    with services.transaction() as session:
+        signer = current_signer(session, services.keyring)
+        revoked = [
+            (row.jti, row.revoked_at, row.revoke_reason)
+            for row in licences.revoked_licences(session)
+            if row.revoked_at is not None
+        ]
+        return sign_revocation_list(signer, revoked, issuer=services.tokens.issuer, now=utcnow())
+
+
+ROUTES = [
+    issue_licence,
+    list_licences,
+    get_licence,
+    revoke_licence,
+    redeem_licence,
+    list_jobs,
+    get_job,
+    report_job,
+    licence_jwks,
+    revocation_list,
+]

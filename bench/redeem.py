@@ -1,0 +1,446 @@
+"""Licence issuance and redemption throughput over HTTP, against the real server.
+
+Run: ``python bench/redeem.py [--db URL] [--workers 1,2] [--seconds 5] [--connections 16]``
+
+For each worker count it starts ``partvault serve --workers W`` on a fresh
+SQLite file (default) or a fresh database created on the PostgreSQL server of
+``--db`` (e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), sets
+up a brand, a profiled part, an uploaded revision and a certified facility over
+HTTP, and then measures requests per second of
+
+  (a) ``GET /health`` (a trivial Litestar endpoint of the same server; ``GET
+      /ready``, which runs ``SELECT 1`` in a worker thread, is printed for context),
+  (b) ``POST /v1/licences`` (licence issuance: sign + audit leaf),
+  (c) ``POST /v1/licences/{jti}/redeem`` (token + DPoP + licence check, the
+      counting UPDATE, the print job and its audit leaf),
+
+with the same load generator: a minimal asyncio HTTP/1.1 keep-alive client on
+N connections (much cheaper per request than httpx, so the client steals as
+little as possible of the 2 cores it shares with the server). DPoP proofs are
+signed before the redemption phase starts, so their cost is not counted (it is
+printed separately). Prints each rate and the ratios issuance/trivial (goal
+>= 0.3) and redemption/trivial (goal >= 0.2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("PARTVAULT_SHARED", REPO.parent / "shared"))
+MESH = SHARED / "fixtures" / "meshes" / "20mm-xyz-cube.stl"
+PROFILE = {
+    "process": "SLA",
+    "material": "Tough 2000",
+    "layer_height_mm": 0.05,
+    "supports": "auto",
+    "tolerance_mm": 0.1,
+}
+GOALS = {"issue": 0.3, "redeem": 0.2}
+
+
+# --------------------------------------------------------------------------- server
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    base: str
+    admin: str
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(data_dir: Path, database_url: str, workers: int) -> Server:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARTVAULT_")} | {
+        "PARTVAULT_DATA_DIR": str(data_dir),
+        "PARTVAULT_DATABASE_URL": database_url,
+        "PARTVAULT_PUBLIC_URL": base,
+        "PARTVAULT_LOG_LEVEL": "WARNING",
+    }
+    out, log = data_dir.parent / f"stdout-{workers}.txt", data_dir.parent / f"stderr-{workers}.txt"
+    with out.open("wb") as stdout, log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "api.cli",
+                "serve",
+                "--workers",
+                str(workers),
+                "--port",
+                str(port),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                break
+        time.sleep(0.2)
+    else:
+        stop_server(proc)
+        raise SystemExit("server never became ready")
+    time.sleep(1.0 * workers)  # let every worker finish importing before measuring
+    tokens = [w for w in out.read_text().split() if w.startswith("pv_admin_")]
+    if len(tokens) != 1:
+        stop_server(proc)
+        raise SystemExit("no admin token printed on first start")
+    return Server(proc, port, base, tokens[0], log)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextlib.contextmanager
+def database(db: str | None, tmp: Path) -> Iterator[str]:
+    """A fresh database: a SQLite file in `tmp`, or a new database on `db`'s server."""
+    if db is None:
+        yield f"sqlite:///{tmp / 'data' / 'partvault.db'}"
+        return
+    name = f"pv_bench_{secrets.token_hex(4)}"
+    admin = sa.create_engine(db, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield db.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# --------------------------------------------------------------------------- setup
+
+
+@dataclass
+class Tenant:
+    brand: str
+    facility_id: str
+    facility_token: str
+    pop_key: Any
+    revision_id: str
+
+
+def set_up(base: str, admin: str) -> Tenant:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    with httpx.Client(base_url=base, timeout=60) as client:
+
+        def ok(method: str, path: str, token: str, **kwargs: Any) -> Any:
+            headers = kwargs.pop("headers", {}) | {"Authorization": f"Bearer {token}"}
+            response = client.request(method, path, headers=headers, **kwargs)
+            if response.status_code >= 300:
+                raise SystemExit(f"{method} {path}: {response.status_code} {response.text}")
+            return response.json()
+
+        brand_id = ok("POST", "/v1/brands", admin, json={"name": "Bench"})["id"]
+        brand = ok(
+            "POST",
+            "/v1/tokens",
+            admin,
+            json={"kind": "brand", "name": "bench", "brand_id": brand_id},
+        )["token"]
+        part = ok("POST", "/v1/parts", brand, json={"sku": "CUBE-20", "name": "Cube"})
+        ok("POST", f"/v1/parts/{part['id']}/profiles", brand, json=PROFILE)
+        revision = ok(
+            "POST",
+            f"/v1/parts/{part['id']}/revisions",
+            brand,
+            params={"filename": MESH.name},
+            content=MESH.read_bytes(),
+            headers={"content-type": "application/octet-stream"},
+        )
+        pop = ed25519.Ed25519PrivateKey.generate()
+        wrap = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+        def pem(key: Any) -> str:
+            return (
+                key.public_key()
+                .public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                .decode()
+            )
+
+        facility = ok(
+            "POST",
+            "/v1/facilities",
+            admin,
+            json={
+                "name": "Bench Hub",
+                "address": "1 rue de la République, 69001 Lyon",
+                "country": "FR",
+                "latitude": 45.764,
+                "longitude": 4.8357,
+                "processes": ["SLA"],
+                "materials": ["Tough 2000"],
+                "printer_models": ["Form 3L"],
+                "build_volume_mm": [335, 200, 300],
+                "capacity": 4,
+                "contact_email": "ops@bench.example",
+                "rates": {
+                    "per_cm3_cents": {"Tough 2000": 45},
+                    "per_hour_cents": 800,
+                    "setup_fee_cents": 500,
+                },
+                "pop_public_key": pem(pop),
+                "wrap_public_key": pem(wrap),
+            },
+        )
+        facility_id = facility["facility"]["id"]
+        ok(
+            "POST",
+            "/v1/certifications",
+            brand,
+            json={
+                "facility_id": facility_id,
+                "processes": ["SLA"],
+                "materials": ["Tough 2000"],
+                "expires_at": "2099-01-01T00:00:00Z",
+            },
+        )
+    return Tenant(brand, facility_id, facility["token"], pop, revision["id"])
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+    def encode(self, port: int) -> bytes:
+        lines = [f"{self.method} {self.path} HTTP/1.1", f"host: 127.0.0.1:{port}"]
+        lines += [f"{k}: {v}" for k, v in self.headers.items()]
+        if self.body or self.method == "POST":
+            lines += ["content-type: application/json", f"content-length: {len(self.body)}"]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> int:
+    writer.write(raw)
+    status_line = await reader.readline()
+    status = int(status_line.split()[1])
+    length, chunked = 0, False
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+        elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while (size := int((await reader.readline()).strip(), 16)) > 0:
+            await reader.readexactly(size + 2)
+        await reader.readline()
+    else:
+        await reader.readexactly(length)
+    return status
+
+
+async def _drive(
+    port: int, raws: list[bytes], connections: int, seconds: float
+) -> tuple[int, float, Counter[int]]:
+    """Send `raws` in order on `connections` keep-alive connections until they run out
+    or `seconds` pass; return (completed, elapsed, status counts)."""
+    statuses: Counter[int] = Counter()
+    queue = iter(raws)
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for raw in queue:
+                statuses[await _one(reader, writer, raw)] += 1
+                if time.perf_counter() > deadline:
+                    return
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    elapsed = time.perf_counter() - start
+    return sum(statuses.values()), elapsed, statuses
+
+
+def measure(port: int, raws: list[bytes], connections: int, seconds: float, label: str) -> float:
+    done, elapsed, statuses = asyncio.run(_drive(port, raws, connections, seconds))
+    rate = done / elapsed
+    bad = {s: n for s, n in statuses.items() if s >= 300}
+    print(
+        f"  {label:<28} {done:6d} requests in {elapsed:5.2f} s = {rate:8.1f} req/s"
+        + (f"  NON-2xx: {bad}" if bad else "")
+    )
+    if bad:
+        raise SystemExit(f"{label}: unexpected statuses {bad}")
+    return rate
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def issue_requests(tenant: Tenant, count: int, prints: int = 1) -> list[Request]:
+    body = json.dumps(
+        {
+            "facility_id": tenant.facility_id,
+            "revision_id": tenant.revision_id,
+            "prints": prints,
+            "expires_at": "2099-01-01T00:00:00Z",
+        }
+    ).encode()
+    headers = {"authorization": f"Bearer {tenant.brand}"}
+    return [Request("POST", "/v1/licences", headers, body)] * count
+
+
+def redeem_requests(server: Server, tenant: Tenant, count: int) -> tuple[list[Request], float]:
+    """`count` redemptions spread over fresh licences, each with a fresh proof."""
+    from inventory.db import utcnow
+    from licensing.tokens import make_proof
+
+    with httpx.Client(base_url=server.base, timeout=60) as client:
+        licences = []
+        for _ in range(-(-count // 100_000)):
+            response = client.post(
+                "/v1/licences",
+                headers={"Authorization": f"Bearer {tenant.brand}"},
+                json={
+                    "facility_id": tenant.facility_id,
+                    "revision_id": tenant.revision_id,
+                    "prints": 100_000,
+                    "expires_at": "2099-01-01T00:00:00Z",
+                },
+            )
+            response.raise_for_status()
+            licences.append(response.json())
+    requests = []
+    started = time.perf_counter()
+    now = utcnow()
+    for i in range(count):
+        licence = licences[i // 100_000]
+        path = f"/v1/licences/{licence['jti']}/redeem"
+        proof = make_proof(
+            tenant.pop_key,
+            htm="POST",
+            htu=server.base + path,
+            access_token=tenant.facility_token,
+            now=now,
+        )
+        headers = {"authorization": f"Bearer {tenant.facility_token}", "dpop": proof}
+        body = json.dumps({"licence": licence["token"]}).encode()
+        requests.append(Request("POST", path, headers, body))
+    return requests, (time.perf_counter() - started) / count
+
+
+def bench(server: Server, tenant: Tenant, connections: int, seconds: float) -> dict[str, float]:
+    port = server.port
+    health = [Request("GET", "/health", {}).encode(port)]
+    # warm every worker (imports, pools, caches) before measuring anything
+    measure(port, health * 2000, connections, 2, "warm-up /health")
+    measure(
+        port,
+        [r.encode(port) for r in issue_requests(tenant, 200)],
+        connections,
+        2,
+        "warm-up issuance",
+    )
+    rates = {"trivial": measure(port, health * 10**6, connections, seconds, "(a) GET /health")}
+    # for context only: the cheapest endpoint that touches the database (a thread + SELECT 1)
+    ready = [Request("GET", "/ready", {}).encode(port)]
+    rates["ready"] = measure(port, ready * 10**6, connections, seconds, "(info) GET /ready")
+    issue = [r.encode(port) for r in issue_requests(tenant, 1)]
+    rates["issue"] = measure(port, issue * 10**6, connections, seconds, "(b) POST /v1/licences")
+    # proofs are valid for 60 s: sign enough for the phase, just before it
+    estimate = int(max(rates["issue"], 50) * seconds * 3) + 500
+    redeem, sign_cost = redeem_requests(server, tenant, estimate)
+    raws = [r.encode(port) for r in redeem]
+    rates["redeem"] = measure(port, raws, connections, seconds, "(c) POST .../redeem")
+    print(f"  client-side proof signing: {sign_cost * 1e6:.0f} us per proof (not counted)")
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", help="PostgreSQL server URL (a fresh database is created on it)")
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each phase")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent connections")
+    args = parser.parse_args()
+    backend = "PostgreSQL" if args.db else "SQLite"
+    summary = []
+    for workers in [int(w) for w in args.workers.split(",")]:
+        with (
+            tempfile.TemporaryDirectory(prefix="pv-bench-") as tmp,
+            database(args.db, Path(tmp)) as url,
+        ):
+            data = Path(tmp) / "data"
+            print(
+                f"{backend}, {workers} worker(s), {args.connections} connections, "
+                f"{args.seconds:g} s per phase"
+            )
+            server = start_server(data, url, workers)
+            try:
+                tenant = set_up(server.base, server.admin)
+                rates = bench(server, tenant, args.connections, args.seconds)
+            finally:
+                stop_server(server.proc)
+        ratios = {k: rates[k] / rates["trivial"] for k in GOALS}
+        for kind, goal in GOALS.items():
+            verdict = "ok" if ratios[kind] >= goal else "MISSES GOAL"
+            print(f"  ratio {kind}/trivial = {ratios[kind]:.3f} (goal >= {goal}) {verdict}")
+        summary.append((workers, rates, ratios))
+    print(f"\nsummary ({backend}):")
+    print("  workers  trivial/s  ready/s  issue/s  redeem/s  issue/trivial  redeem/trivial")
+    for workers, rates, ratios in summary:
+        print(
+            f"  {workers:7d}  {rates['trivial']:9.1f}  {rates['ready']:7.1f}  {rates['issue']:7.1f}  "
+            f"{rates['redeem']:8.1f}  {ratios['issue']:13.3f}  {ratios['redeem']:14.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,411 @@
+"""Licences, their redemption print by print, print jobs and print reports.
+
+Counting is exactly-once across any number of API processes: the count is a
+single conditional UPDATE (``prints_used < prints_total``), so the database,
+not the application, decides which of many concurrent redemptions wins; the
+print job and its audit leaf commit in the same transaction.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import JSON, Field, Session, SQLModel, select
+
+from inventory import catalog
+from inventory.accounts import Brand, Principal
+from inventory.catalog import PartStatus
+from inventory.db import UTCDateTime, new_id, utcnow
+from inventory.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
+from licensing.audit import AuditEvent, append_event
+from licensing.facilities import get_facility, require_certified
+from licensing.tokens import LicenceClaims, Signer, issue_licence, verify_licence
+
+SERIAL_BITS = 63
+
+
+class JobStatus(StrEnum):
+    redeemed = "redeemed"
+    printed = "printed"
+    failed = "failed"
+
+
+class Licence(SQLModel, table=True):
+    jti: str = Field(primary_key=True, max_length=40)
+    brand_id: str = Field(foreign_key="brand.id", index=True, max_length=40)
+    part_id: str = Field(foreign_key="part.id", index=True, max_length=40)
+    revision_id: str = Field(foreign_key="revision.id", index=True, max_length=40)
+    facility_id: str = Field(foreign_key="facility.id", index=True, max_length=40)
+    order_id: str | None = Field(default=None, index=True, max_length=40)
+    prints_total: int
+    prints_used: int = 0
+    reprints_allowed: int = 0
+    reprints_used: int = 0
+    profile_hash: str = Field(max_length=64)
+    not_before: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    token: str = Field(sa_type=sa.Text)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoke_reason: str = Field(default="", max_length=1000)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class PrintJob(SQLModel, table=True):
+    __tablename__ = "print_job"
+
+    serial: int = Field(
+        primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False}
+    )
+    licence_jti: str = Field(foreign_key="licence.jti", index=True, max_length=40)
+    brand_id: str = Field(foreign_key="brand.id", index=True, max_length=40)
+    facility_id: str = Field(foreign_key="facility.id", index=True, max_length=40)
+    part_id: str = Field(max_length=40)
+    revision_id: str = Field(max_length=40)
+    status: str = Field(default=JobStatus.redeemed.value, max_length=16)
+    failure_reason: str = Field(default="", max_length=1000)
+    measurements: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    refunded: bool = False
+    downloads: int = 0
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    reported_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+@dataclass(frozen=True)
+class LicenceTerms:
+    """What a licence grants: prints of one revision to one facility, for a while."""
+
+    facility_id: str
+    revision_id: str
+    prints: int
+    not_before: datetime
+    expires_at: datetime
+    order_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenContext:
+    """Who signs and who verifies: this deployment's issuer and audience."""
+
+    issuer: str
+    audience: str
+
+
+def format_serial(serial: int) -> str:
+    return f"{serial:016x}"
+
+
+def parse_serial(text: str) -> int:
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise NotFound("no such print job", code="job-not-found") from None
+    if len(text) != 16 or value >= 1 << SERIAL_BITS:
+        raise NotFound("no such print job", code="job-not-found")
+    return value
+
+
+def issue(
+    session: Session,
+    signer: Signer,
+    context: TokenContext,
+    brand_id: str,
+    terms: LicenceTerms,
+    *,
+    actor: str,
+) -> Licence:
+    """Sign and record a licence; the facility must be certified for the part's profile."""
+    if terms.expires_at <= terms.not_before:
+        raise Invalid("expires_at must be after not_before", code="licence-empty-lifetime")
+    revision = catalog.get_revision(session, brand_id, terms.revision_id)
+    part = catalog.get_part(session, brand_id, revision.part_id)
+    if part.status != PartStatus.active.value:
+        raise Conflict(f"the part is {part.status}", code="part-not-active")
+    profile = catalog.current_profile(session, part)
+    if profile is None:
+        raise Conflict("the part has no print profile", code="part-has-no-profile")
+    require_certified(
+        session,
+        brand_id,
+        terms.facility_id,
+        profile.settings["process"],
+        profile.settings["material"],
+    )
+    facility = get_facility(session, terms.facility_id)
+    jti = new_id("lic")
+    now = utcnow()
+    token = issue_licence(
+        signer,
+        issuer=context.issuer,
+        audience=context.audience,
+        subject=facility.id,
+        jti=jti,
+        brand_id=brand_id,
+        part_id=part.id,
+        revision_id=revision.id,
+        design_sha256=revision.sha256,
+        prints=terms.prints,
+        print_profile_hash=profile.profile_hash,
+        facility_jkt=facility.pop_jkt,
+        not_before=terms.not_before,
+        expires_at=terms.expires_at,
+        now=now,
+    )
+    brand = session.get(Brand, brand_id)
+    assert brand is not None
+    licence = Licence(
+        jti=jti,
+        brand_id=brand_id,
+        part_id=part.id,
+        revision_id=revision.id,
+        facility_id=facility.id,
+        order_id=terms.order_id,
+        prints_total=terms.prints,
+        reprints_allowed=brand.reprints_per_licence,
+        profile_hash=profile.profile_hash,
+        not_before=terms.not_before,
+        expires_at=terms.expires_at,
+        token=token,
+        created_at=now,
+    )
+    session.add(licence)
+    session.flush()
+    _audit(session, "licensing:licence:issued", actor, licence, prints=terms.prints)
+    return licence
+
+
+def _audit(session: Session, kind: str, actor: str, licence: Licence, **facts: Any) -> None:
+    append_event(
+        session,
+        AuditEvent(
+            type=kind,
+            actor=actor,
+            brand_id=licence.brand_id,
+            subject={
+                "licence": licence.jti,
+                "facility": licence.facility_id,
+                "part": licence.part_id,
+                "revision": licence.revision_id,
+            },
+            facts=facts,
+        ),
+    )
+
+
+def get_licence(session: Session, principal: Principal, jti: str) -> Licence:
+    """A licence its brand, its facility or the operator may read; others get 404."""
+    licence = session.get(Licence, jti)
+    if licence is None or not _visible(principal, licence.brand_id, licence.facility_id):
+        raise NotFound("no such licence", code="licence-not-found")
+    return licence
+
+
+def _visible(principal: Principal, brand_id: str, facility_id: str) -> bool:
+    """The operator sees everything, a brand its own, a facility what was issued to it."""
+    if principal.kind == "operator":
+        return True
+    if principal.kind == "facility":
+        return principal.facility_id == facility_id
+    return principal.kind == "brand" and principal.brand_id == brand_id
+
+
+def list_licences(session: Session, principal: Principal) -> list[Licence]:
+    query = select(Licence).order_by(sa.column("created_at"), sa.column("jti"))
+    if principal.kind == "brand":
+        query = query.where(Licence.brand_id == principal.brand_id)
+    elif principal.kind == "facility":
+        query = query.where(Licence.facility_id == principal.facility_id)
+    return list(session.exec(query))
+
+
+def revoke(session: Session, brand_id: str, jti: str, reason: str, *, actor: str) -> Licence:
+    licence = session.get(Licence, jti)
+    if licence is None or licence.brand_id != brand_id:
+        raise NotFound("no such licence", code="licence-not-found")
+    if licence.revoked_at is None:
+        licence.revoked_at = utcnow()
+        licence.revoke_reason = reason
+        session.add(licence)
+        session.flush()
+        _audit(session, "licensing:licence:revoked", actor, licence, reason=reason)
+    return licence
+
+
+def revoked_licences(session: Session) -> list[Licence]:
+    """Revoked licences not yet expired (expired ones are refused anyway)."""
+    query = select(Licence).where(
+        sa.column("revoked_at").is_not(None), sa.column("expires_at") > utcnow()
+    )
+    return list(session.exec(query.order_by(sa.column("revoked_at"))))
+
+
+def redeem(
+    session: Session,
+    principal: Principal,
+    jti: str,
+    token: str,
+    *,
+    context: TokenContext,
+    key_lookup: Callable[[str], Ed25519PublicKey | None],
+) -> PrintJob:
+    """Count one print of a licence and create its print job, or refuse.
+
+    The facility's proof of possession was verified against its registered
+    key before this runs; here the licence must be bound to that same key.
+    """
+    now = utcnow()
+    claims = verify_licence(
+        token, key_lookup=key_lookup, issuer=context.issuer, audience=context.audience, now=now
+    )
+    licence = _licence_for_claims(session, principal, jti, claims)
+    _check_usable(session, licence, now)
+    counted = session.execute(
+        sa.update(Licence)
+        .where(
+            sa.column("jti") == jti,
+            sa.column("prints_used") < sa.column("prints_total"),
+            sa.column("revoked_at").is_(None),
+        )
+        .values(prints_used=sa.column("prints_used") + 1)
+    )
+    if counted.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict("every print of this licence has been redeemed", code="licence-exhausted")
+    job = _new_job(session, licence, now)
+    session.refresh(licence)
+    _audit(
+        session,
+        "licensing:print:redeemed",
+        f"facility:{licence.facility_id}",
+        licence,
+        serial=format_serial(job.serial),
+        prints_used=licence.prints_used,
+    )
+    return job
+
+
+def _licence_for_claims(
+    session: Session, principal: Principal, jti: str, claims: LicenceClaims
+) -> Licence:
+    if claims.jti != jti:
+        raise BadRequest(
+            "the licence presented is not the one in the path", code="licence-jti-mismatch"
+        )
+    licence = session.get(Licence, jti)
+    if licence is None or licence.facility_id != principal.facility_id:
+        raise NotFound("no such licence", code="licence-not-found")
+    facility = get_facility(session, licence.facility_id)
+    if claims.facility_id != facility.id or claims.facility_jkt != facility.pop_jkt:
+        raise Forbidden("the licence is bound to another key", code="licence-key-mismatch")
+    return licence
+
+
+def _check_usable(session: Session, licence: Licence, now: datetime) -> None:
+    if licence.revoked_at is not None:
+        raise Forbidden(f"the licence was revoked: {licence.revoke_reason}", code="licence-revoked")
+    if licence.expires_at <= now:
+        raise Forbidden("the licence has expired", code="licence-expired")
+    part = catalog.get_part(session, licence.brand_id, licence.part_id)
+    profile = catalog.current_profile(session, part)
+    assert profile is not None
+    require_certified(
+        session,
+        licence.brand_id,
+        licence.facility_id,
+        profile.settings["process"],
+        profile.settings["material"],
+    )
+
+
+def _new_job(session: Session, licence: Licence, now: datetime) -> PrintJob:
+    """A print job under a fresh random 63-bit serial (the watermark payload)."""
+    while True:
+        job = PrintJob(
+            serial=secrets.randbits(SERIAL_BITS) or 1,
+            licence_jti=licence.jti,
+            brand_id=licence.brand_id,
+            facility_id=licence.facility_id,
+            part_id=licence.part_id,
+            revision_id=licence.revision_id,
+            created_at=now,
+        )
+        try:
+            with session.begin_nested():
+                session.add(job)
+                session.flush()
+            return job
+        except IntegrityError:
+            continue
+
+
+def get_job(session: Session, principal: Principal, serial: int) -> PrintJob:
+    job = session.get(PrintJob, serial)
+    if job is None or not _visible(principal, job.brand_id, job.facility_id):
+        raise NotFound("no such print job", code="job-not-found")
+    return job
+
+
+def list_jobs(session: Session, principal: Principal) -> list[PrintJob]:
+    query = select(PrintJob).order_by(sa.column("created_at"), sa.column("serial"))
+    if principal.kind == "brand":
+        query = query.where(PrintJob.brand_id == principal.brand_id)
+    elif principal.kind == "facility":
+        query = query.where(PrintJob.facility_id == principal.facility_id)
+    return list(session.exec(query))
+
+
+def report(
+    session: Session,
+    principal: Principal,
+    serial: int,
+    *,
+    status: JobStatus,
+    reason: str,
+    measurements: dict[str, Any],
+) -> PrintJob:
+    """Record a print's outcome; a failed print returns its count within the brand's allowance."""
+    job = get_job(session, principal, serial)
+    if job.status != JobStatus.redeemed.value:
+        raise Conflict(f"the job was already reported {job.status}", code="job-already-reported")
+    if status == JobStatus.failed and not reason:
+        raise Invalid("a failed print needs a reason", code="failure-reason-required")
+    job.status, job.failure_reason, job.measurements = status.value, reason, measurements
+    job.reported_at = utcnow()
+    if status == JobStatus.failed:
+        job.refunded = _refund(session, job.licence_jti)
+    session.add(job)
+    session.flush()
+    licence = session.get(Licence, job.licence_jti)
+    assert licence is not None
+    _audit(
+        session,
+        f"licensing:print:{status.value}",
+        f"facility:{job.facility_id}",
+        licence,
+        serial=format_serial(job.serial),
+        reason=reason,
+        refunded=job.refunded,
+    )
+    return job
+
+
+def _refund(session: Session, jti: str) -> bool:
+    refunded = session.execute(
+        sa.update(Licence)
+        .where(
+            sa.column("jti") == jti,
+            sa.column("reprints_used") < sa.column("reprints_allowed"),
+            sa.column("prints_used") > 0,
+        )
+        .values(
+            prints_used=sa.column("prints_used") - 1,
+            reprints_used=sa.column("reprints_used") + 1,
+        )
+    )
+    return bool(refunded.rowcount)  # type: ignore[attr-defined]

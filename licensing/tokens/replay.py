@@ -1,0 +1,73 @@
+"""The DPoP replay cache: one row per proof seen, shared by every API process.
+
+A proof's ``jti`` is stored as ``SHA-256(jkt ‖ 0x00 ‖ jti)`` (fixed length, scoped
+to the facility key) with the instant after which the proof is stale anyway.
+The row is written with ``INSERT … ON CONFLICT DO NOTHING``: a duplicate key in
+this or any other process on the same database inserts nothing, which is the
+replay. No statement fails, so the caller's transaction stays usable (this
+replaces a SAVEPOINT, which pysqlite silently turns into a COMMIT when it is
+the first statement of a transaction). A concurrent, uncommitted insert of the
+same key makes the second insert wait for the first transaction's outcome.
+Expired rows are removed by `prune_replay_cache`. Both functions execute in
+the caller's transaction; the caller commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlmodel import Field, Session, SQLModel, col
+
+from inventory.db import UTCDateTime
+from inventory.errors import Unauthorized
+from licensing.tokens._db import insert_if_absent
+
+
+class DpopReplay(SQLModel, table=True):
+    """A proof already accepted, remembered until it would be stale."""
+
+    __tablename__ = "dpop_replay"
+
+    digest: str = Field(primary_key=True, max_length=64)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+class ReplayGuard(Protocol):
+    """Remembers proof identifiers; refuses one seen before."""
+
+    def remember(self, jti: str, expires: datetime) -> None:
+        """Record `jti` until `expires`, or raise `Unauthorized` code ``dpop-replayed``."""
+        ...
+
+
+def replay_digest(jti: str) -> str:
+    """The stored form of a (key-scoped) proof identifier."""
+    return hashlib.sha256(jti.encode("utf-8")).hexdigest()
+
+
+def remember(session: Session, jti: str, expires: datetime) -> None:
+    """Record `jti` until `expires`; a duplicate raises ``dpop-replayed``."""
+    row = {"digest": replay_digest(jti), "expires_at": expires}
+    if not insert_if_absent(session, DpopReplay, row, "digest"):
+        raise Unauthorized("proof of possession already used", code="dpop-replayed")
+
+
+def prune_replay_cache(session: Session, now: datetime) -> int:
+    """Delete entries whose proofs are stale at `now`; return how many."""
+    statement = sa.delete(DpopReplay).where(col(DpopReplay.expires_at) < now)
+    result = session.execute(statement)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+class DbReplayGuard:
+    """A `ReplayGuard` on the caller's session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def remember(self, jti: str, expires: datetime) -> None:
+        """See `remember`."""
+        remember(self._session, jti, expires)

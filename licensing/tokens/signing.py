@@ -1,0 +1,220 @@
+"""Licence signing keys: stored wrapped, rotated with overlap, published as JWKS.
+
+One row per Ed25519 key in ``licence_signing_key``. The key id is the RFC 7638
+thumbprint of the public key. The private key is stored only as a blob wrapped
+by the `KeyRing` with the context ``partvault/licence-signing-key/<kid>`` (a
+blob copied onto another row does not unwrap).
+
+Exactly one key is *current* (``is_current`` is TRUE; retired rows hold NULL,
+and a unique constraint allows one TRUE on SQLite and PostgreSQL alike). Every
+signature raises ``verify_until`` to cover the signed token's expiry (rounded up
+to the hour plus the clock-skew margin, so busy issuers update the row about
+once an hour). A retired key stays in the JWKS until ``verify_until`` passes.
+
+Transactions: `ensure_signing_key` and signing execute in the caller's
+transaction (the caller commits); `rotate_signing_key` is a unit of work and
+commits.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from inventory.crypto.keyring import KeyRing, rewrap_rows
+from inventory.db import UTCDateTime, utcnow
+from inventory.errors import Conflict, Unavailable
+from licensing.tokens._db import insert_if_absent
+from licensing.tokens._jose import ALG
+from licensing.tokens.thumbprint import ed25519_from_jwk, key_thumbprint, public_jwk
+
+CLOCK_SKEW = timedelta(minutes=5)
+_GRANULE = timedelta(hours=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class LicenceSigningKey(SQLModel, table=True):
+    """An Ed25519 licence signing key; the private half only ever wrapped."""
+
+    __tablename__ = "licence_signing_key"
+
+    kid: str = Field(primary_key=True, max_length=64)
+    public_jwk: str = Field(sa_type=sa.Text)
+    wrapped_private_key: bytes = Field(sa_type=sa.LargeBinary)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    retired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    verify_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    is_current: bool | None = Field(default=True, unique=True)
+
+
+def wrap_context(kid: str) -> bytes:
+    """The key-ring context binding a wrapped private key to its kid."""
+    return f"partvault/licence-signing-key/{kid}".encode()
+
+
+class StoredKeySigner:
+    """A signer for a stored key that extends the key's ``verify_until`` as it signs."""
+
+    def __init__(self, session: Session, kid: str, private_key: Ed25519PrivateKey) -> None:
+        self._session = session
+        self._kid = kid
+        self._key = private_key
+
+    @property
+    def kid(self) -> str:
+        """The RFC 7638 thumbprint of the public key."""
+        return self._kid
+
+    def sign(self, message: bytes, *, valid_until: datetime) -> bytes:
+        """Record that the key must verify until `valid_until`, then sign (no commit)."""
+        _extend_verify_until(self._session, self._kid, _cover(valid_until))
+        return self._key.sign(message)
+
+
+def _cover(valid_until: datetime) -> datetime:
+    """`valid_until` plus clock skew, rounded up to the next whole hour."""
+    late = valid_until + CLOCK_SKEW
+    granules = -(-(late - _EPOCH) // _GRANULE)
+    return _EPOCH + granules * _GRANULE
+
+
+def _extend_verify_until(session: Session, kid: str, until: datetime) -> None:
+    """Raise ``verify_until`` to `until` atomically (no row lock when already covered)."""
+    column = col(LicenceSigningKey.verify_until)
+    statement = (
+        sa.update(LicenceSigningKey)
+        .where(col(LicenceSigningKey.kid) == kid)
+        .where(sa.or_(column.is_(None), column < until))
+        .values(verify_until=until)
+    )
+    session.execute(statement)
+
+
+def ensure_signing_key(session: Session, keyring: KeyRing, *, now: datetime | None = None) -> str:
+    """The current key's kid, creating the first key if there is none (no commit).
+
+    Safe when several processes start at once: the insert skips on a conflict
+    (``ON CONFLICT DO NOTHING``, waiting for a concurrent creator to finish)
+    and the winner's key is returned.
+    """
+    existing = _current_row(session)
+    if existing is not None:
+        return existing.kid
+    row = _new_row(keyring, now or utcnow())
+    if insert_if_absent(session, LicenceSigningKey, row.model_dump(), "kid"):
+        return row.kid
+    winner = _current_row(session)
+    if winner is None:
+        raise Conflict("signing key changed concurrently; retry", code="signing-key-conflict")
+    return winner.kid
+
+
+def rotate_signing_key(session: Session, keyring: KeyRing, *, now: datetime | None = None) -> str:
+    """Retire the current key, make a new one current, commit; return the new kid.
+
+    The retired key stays published until the last token it signed expires.
+    Unit of work: commits on success, rolls back and raises `Conflict` when
+    another process rotated at the same moment.
+    """
+    moment = now or utcnow()
+    try:
+        old = _current_row(session, for_update=True)
+        if old is not None:
+            old.retired_at, old.is_current = moment, None
+            session.add(old)
+            session.flush()
+        row = _new_row(keyring, moment)
+        session.add(row)
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise Conflict(
+            "another signing-key rotation happened concurrently; retry",
+            code="signing-key-rotation-conflict",
+        ) from exc
+    return row.kid
+
+
+def current_signer(session: Session, keyring: KeyRing) -> StoredKeySigner:
+    """A signer for the current key (unwrapped through the key ring)."""
+    row = _current_row(session)
+    if row is None:
+        raise Unavailable(
+            "no licence signing key; run ensure_signing_key", code="signing-key-missing"
+        )
+    seed = keyring.unwrap(row.wrapped_private_key, wrap_context(row.kid))
+    private_key = Ed25519PrivateKey.from_private_bytes(seed)
+    if key_thumbprint(private_key.public_key()) != row.kid:
+        raise Unavailable("stored signing key does not match its kid", code="signing-key-corrupt")
+    return StoredKeySigner(session, row.kid, private_key)
+
+
+def published_keys(session: Session, now: datetime) -> dict[str, Ed25519PublicKey]:
+    """kid → public key for every key still needed to verify tokens at `now`."""
+    rows = _published(session, now)
+    return {row.kid: ed25519_from_jwk(json.loads(row.public_jwk)) for row in rows}
+
+
+def jwks(session: Session, now: datetime) -> dict[str, Any]:
+    """The public JWK Set (current key first), with ``kid``, ``alg`` and ``use``."""
+    keys = [
+        {**json.loads(row.public_jwk), "kid": row.kid, "alg": ALG, "use": "sig"}
+        for row in _published(session, now)
+    ]
+    return {"keys": keys}
+
+
+def _published(session: Session, now: datetime) -> list[LicenceSigningKey]:
+    """The current key and retired keys whose ``verify_until`` is still ahead."""
+    still_needed = sa.or_(
+        col(LicenceSigningKey.retired_at).is_(None),
+        col(LicenceSigningKey.verify_until) > now,
+    )
+    order = (col(LicenceSigningKey.is_current).is_(None), col(LicenceSigningKey.created_at).desc())
+    return list(session.exec(select(LicenceSigningKey).where(still_needed).order_by(*order)))
+
+
+def _current_row(session: Session, *, for_update: bool = False) -> LicenceSigningKey | None:
+    """The current key's row, optionally locked (PostgreSQL) for rotation."""
+    statement = select(LicenceSigningKey).where(col(LicenceSigningKey.is_current).is_(True))
+    if for_update:
+        statement = statement.with_for_update()
+    return session.exec(statement).first()
+
+
+def _new_row(keyring: KeyRing, now: datetime) -> LicenceSigningKey:
+    """A fresh Ed25519 key as a current row, its private half wrapped."""
+    private_key = Ed25519PrivateKey.generate()
+    public_key = private_key.public_key()
+    kid = key_thumbprint(public_key)
+    seed = private_key.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+    return LicenceSigningKey(
+        kid=kid,
+        public_jwk=json.dumps(public_jwk(public_key), sort_keys=True),
+        wrapped_private_key=keyring.wrap(seed, wrap_context(kid)),
+        created_at=now,
+        is_current=True,
+    )
+
+
+def rewrap_signing_keys(session: Session, keyring: KeyRing) -> int:
+    """Re-wrap every stored private signing key under the key ring's current KEK."""
+    rows = session.exec(select(LicenceSigningKey)).all()
+    changed = rewrap_rows(keyring, rows, "wrapped_private_key", lambda r: wrap_context(r.kid))
+    session.add_all(changed)
+    session.flush()
+    return len(changed)

@@ -1,0 +1,127 @@
+"""The `partvault` command: first start, token rotation, config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARTVAULT_")}
+    return env | extra
+
+
+def _serve(tmp_path: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_ready(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("server did not become ready")
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    # uvicorn finishes in-flight work, runs shutdown hooks, then re-raises SIGTERM
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert "Application shutdown complete" in err
+    return out, err
+
+
+def test_serve_with_no_configuration_prints_admin_token_once(tmp_path):
+    port = _free_port()
+    first = _serve(tmp_path, port)
+    _wait_ready(port)
+    out, _ = _stop(first)
+    token = out.strip().splitlines()[-1]
+    assert token.startswith("pv_admin_")
+    data = tmp_path / "partvault-data"
+    assert (data / "partvault.db").exists()
+    assert (data.stat().st_mode & 0o777) == 0o700
+
+    second = _serve(tmp_path, port)
+    _wait_ready(port)
+    me = httpx.get(f"http://127.0.0.1:{port}/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 200 and me.json()["kind"] == "operator"
+    out2, err2 = _stop(second)
+    assert "pv_admin_" not in out2 + err2
+
+
+def test_admin_token_rotate_revokes_the_old_one(tmp_path):
+    env = _env(tmp_path)
+    run = [sys.executable, "-m", "api.cli", "admin", "token", "--rotate"]
+    first = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    second = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    old, new = first.stdout.strip(), second.stdout.strip()
+    assert old.startswith("pv_admin_") and new.startswith("pv_admin_") and old != new
+
+    from api.config import Settings
+    from api.services import Services
+    from inventory.accounts import authenticate
+    from inventory.errors import Unauthorized
+
+    settings = Settings.from_env({"PARTVAULT_DATA_DIR": str(tmp_path / "partvault-data")})
+    services = Services.from_settings(settings)
+    with services.transaction() as session:
+        assert authenticate(session, new).kind == "operator"
+        try:
+            authenticate(session, old)
+        except Unauthorized as exc:
+            assert exc.code == "token-revoked"
+        else:
+            raise AssertionError("the rotated-out token still works")
+    services.close()
+
+
+def test_config_show_lists_every_variable(tmp_path):
+    env = _env(tmp_path, PARTVAULT_PORT="9999", COLUMNS="250")
+    result = subprocess.run(
+        [sys.executable, "-m", "api.cli", "config", "show"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for variable in ("PARTVAULT_DATABASE_URL", "PARTVAULT_OBJECT_STORE", "PARTVAULT_KEYRING"):
+        assert variable in result.stdout
+    assert "9999" in result.stdout
+
+
+def test_bad_integer_setting_is_refused(tmp_path):
+    env = _env(tmp_path, PARTVAULT_PORT="eighty")
+    result = subprocess.run(
+        [sys.executable, "-m", "api.cli", "config", "show"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "PARTVAULT_PORT" in result.stderr

@@ -1,0 +1,271 @@
+"""Exactly-once counting under contention, against the real server with 4 processes.
+
+The service is started as `python -m api.cli serve --workers 4` on a fresh
+SQLite file (one writer lock shared by every process) and on a fresh
+PostgreSQL database, set up over HTTP like a brand and an operator would, and
+then a licence for 37 prints is redeemed by 200 concurrent requests, each with
+its own proof of possession. Exactly 37 must win; every other request must be
+a clean 409 ``licence-exhausted`` (never a 5xx), and the counter, the print
+jobs and the audit leaves must all agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from api_helpers import PROFILE, facility_body, facility_keys
+from tests_support import create_pg_database, drop_pg_database
+
+from inventory.db import utcnow
+from licensing.tokens import make_proof
+
+PRINTS = 37
+ATTEMPTS = 200
+CLIENT_THREADS = 40
+WORKERS = 4
+REDEEMED = "SELECT count(*) FROM audit_entry WHERE event_type = 'licensing:print:redeemed'"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running `partvault serve` subprocess and its operator token."""
+
+    proc: subprocess.Popen[bytes]
+    base: str
+    database_url: str
+    admin: str
+    stdout: Path
+    stderr: Path
+
+
+def _launch(folder: Path, database_url: str) -> Server:
+    """Start `partvault serve --workers 4` in its own process group (not yet ready)."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARTVAULT_")} | {
+        "PARTVAULT_DATA_DIR": str(folder / "data"),
+        "PARTVAULT_DATABASE_URL": database_url,
+        "PARTVAULT_PUBLIC_URL": base,
+        "PARTVAULT_LOG_LEVEL": "WARNING",
+    }
+    out, err = folder / "stdout.txt", folder / "stderr.txt"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "api.cli",
+                "serve",
+                "--workers",
+                str(WORKERS),
+                "--port",
+                str(port),
+            ],
+            cwd=folder,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,  # its own process group: the workers stop with it
+        )
+    return Server(proc, base, database_url, "", out, err)
+
+
+def _await_ready(server: Server, deadline: float) -> None:
+    """Poll /ready, then read the operator token printed on first start."""
+    while True:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"server exited early:\n{server.stderr.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{server.base}/ready", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server never became ready:\n{server.stderr.read_text()[-4000:]}")
+        time.sleep(0.2)
+    printed = server.stdout.read_text()
+    tokens = [word for word in printed.split() if word.startswith("pv_admin_")]
+    assert len(tokens) == 1, f"no admin token on stdout: {printed!r}"
+    server.admin = tokens[0]
+
+
+def _stop(server: Server) -> None:
+    """SIGTERM the server's process group, SIGKILL whatever is left after a grace period."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        server.proc.wait(timeout=5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.proc.pid, signal.SIGKILL)
+    server.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+    """Both backends' servers, started side by side (startup is most of the cost)."""
+    pg_url = create_pg_database()
+    started: dict[str, Server] = {}
+    try:
+        for backend in ("sqlite", "postgresql"):
+            folder = tmp_path_factory.mktemp(f"serve-{backend}")
+            url = f"sqlite:///{folder / 'data' / 'partvault.db'}" if backend == "sqlite" else pg_url
+            started[backend] = _launch(folder, url)
+        deadline = time.monotonic() + 90
+        for server in started.values():
+            _await_ready(server, deadline)
+        yield started
+    finally:
+        for server in started.values():
+            _stop(server)
+        drop_pg_database(pg_url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, servers: dict[str, Server]) -> Server:
+    return servers[request.param]
+
+
+def _ok(client: httpx.Client, method: str, path: str, token: str, **kwargs: Any) -> Any:
+    headers = kwargs.pop("headers", {}) | {"Authorization": f"Bearer {token}"}
+    response = client.request(method, path, headers=headers, **kwargs)
+    assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
+    return response.json()
+
+
+@dataclass
+class Setup:
+    brand: str
+    facility_token: str
+    pop_key: Any
+    licence: dict[str, Any]
+
+
+def _set_up(client: httpx.Client, admin: str, mesh: bytes) -> Setup:
+    """Brand, profiled part, uploaded revision, certified facility, licence for 37."""
+    brand_row = _ok(client, "POST", "/v1/brands", admin, json={"name": "Acme"})
+    brand = _ok(
+        client,
+        "POST",
+        "/v1/tokens",
+        admin,
+        json={"kind": "brand", "name": "acme api", "brand_id": brand_row["id"]},
+    )["token"]
+    part = _ok(client, "POST", "/v1/parts", brand, json={"sku": "CUBE-20", "name": "Cube"})
+    _ok(client, "POST", f"/v1/parts/{part['id']}/profiles", brand, json=PROFILE)
+    revision = _ok(
+        client,
+        "POST",
+        f"/v1/parts/{part['id']}/revisions",
+        brand,
+        params={"filename": "20mm-xyz-cube.stl"},
+        content=mesh,
+        headers={"content-type": "application/octet-stream"},
+    )
+    pop, _, pop_pem, wrap_pem = facility_keys()
+    created = _ok(client, "POST", "/v1/facilities", admin, json=facility_body(pop_pem, wrap_pem))
+    facility_id = created["facility"]["id"]
+    _ok(
+        client,
+        "POST",
+        "/v1/certifications",
+        brand,
+        json={
+            "facility_id": facility_id,
+            "processes": ["SLA"],
+            "materials": ["Tough 2000"],
+            "expires_at": "2099-01-01T00:00:00Z",
+        },
+    )
+    licence = _ok(
+        client,
+        "POST",
+        "/v1/licences",
+        brand,
+        json={
+            "facility_id": facility_id,
+            "revision_id": revision["id"],
+            "prints": PRINTS,
+            "expires_at": "2099-01-01T00:00:00Z",
+        },
+    )
+    return Setup(brand, created["token"], pop, licence)
+
+
+def _facility_headers(server: Server, setup: Setup, method: str, path: str) -> dict[str, str]:
+    proof = make_proof(
+        setup.pop_key,
+        htm=method,
+        htu=server.base + path,
+        access_token=setup.facility_token,
+        now=utcnow(),
+    )
+    return {"Authorization": f"Bearer {setup.facility_token}", "DPoP": proof}
+
+
+def test_200_concurrent_redemptions_count_exactly_37(server: Server, meshes_dir: Path) -> None:
+    limits = httpx.Limits(max_connections=CLIENT_THREADS, max_keepalive_connections=CLIENT_THREADS)
+    with httpx.Client(base_url=server.base, timeout=60, limits=limits) as client:
+        setup = _set_up(client, server.admin, (meshes_dir / "20mm-xyz-cube.stl").read_bytes())
+        jti = setup.licence["jti"]
+        path = f"/v1/licences/{jti}/redeem"
+        body = {"licence": setup.licence["token"]}
+        # every request its own fresh proof, signed before the race starts
+        headers = [_facility_headers(server, setup, "POST", path) for _ in range(ATTEMPTS)]
+
+        def redeem(h: dict[str, str]) -> httpx.Response:
+            return client.post(path, json=body, headers=h)
+
+        with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+            responses = list(pool.map(redeem, headers))
+
+        statuses = Counter(r.status_code for r in responses)
+        assert not [r for r in responses if r.status_code >= 500], (
+            statuses,
+            [r.text for r in responses if r.status_code >= 500][:3],
+            server.stderr.read_text()[-3000:],
+        )
+        assert statuses == {201: PRINTS, 409: ATTEMPTS - PRINTS}, statuses
+        refusals = [r for r in responses if r.status_code == 409]
+        assert {r.headers["content-type"] for r in refusals} == {"application/problem+json"}
+        assert {r.json()["code"] for r in refusals} == {"licence-exhausted"}
+        won = [r.json() for r in responses if r.status_code == 201]
+        serials = {job["serial"] for job in won}
+        assert len(serials) == PRINTS
+
+        counted = _ok(client, "GET", f"/v1/licences/{jti}", setup.brand)
+        assert counted["prints_used"] == PRINTS and counted["prints_remaining"] == 0
+        jobs = client.get("/v1/jobs", headers=_facility_headers(server, setup, "GET", "/v1/jobs"))
+        assert jobs.status_code == 200, jobs.text
+        assert {job["serial"] for job in jobs.json()} == serials
+        assert len(jobs.json()) == PRINTS
+
+    engine = sa.create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text(REDEEMED)).scalar_one() == PRINTS
+            assert conn.execute(sa.text("SELECT count(*) FROM print_job")).scalar_one() == PRINTS
+            used = conn.execute(sa.text("SELECT prints_used FROM licence")).scalar_one()
+            assert used == PRINTS
+    finally:
+        engine.dispose()

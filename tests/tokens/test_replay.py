@@ -1,0 +1,123 @@
+"""The database replay cache on SQLite and PostgreSQL, across sessions and connections."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from inventory.errors import Unauthorized
+from licensing.tokens.dpop import make_proof, verify_proof
+from licensing.tokens.replay import DbReplayGuard, DpopReplay, prune_replay_cache, remember
+from licensing.tokens.thumbprint import key_thumbprint
+
+HTU = "https://api.partvault.example/v1/licences/lic_1/redeem"
+
+
+@pytest.fixture
+def redeem(facility_key: Ed25519PrivateKey, licence: str, tools: SimpleNamespace) -> Any:
+    """Verify a proof for the licence on a session, as the redeem route will."""
+
+    def run(session: Session, proof: str) -> None:
+        verify_proof(
+            proof,
+            htm="POST",
+            htu=HTU,
+            access_token=licence,
+            expected_jkt=key_thumbprint(facility_key.public_key()),
+            replay_guard=DbReplayGuard(session),
+            now=tools.NOW,
+        )
+
+    return run
+
+
+@pytest.fixture
+def proof(facility_key: Ed25519PrivateKey, licence: str, tools: SimpleNamespace) -> str:
+    return make_proof(facility_key, htm="POST", htu=HTU, access_token=licence, now=tools.NOW)
+
+
+def test_replay_in_one_session_keeps_the_transaction_usable(
+    engine: Engine, redeem: Any, proof: str, tools: SimpleNamespace
+) -> None:
+    with Session(engine) as session:
+        redeem(session, proof)
+        tools.expect(lambda: redeem(session, proof), 401, "dpop-replayed")
+        session.add(DpopReplay(digest="f" * 64, expires_at=tools.NOW))  # caller's work goes on
+        session.commit()
+        assert len(session.exec(select(DpopReplay)).all()) == 2
+
+
+def test_replay_across_sessions_after_commit(
+    engine: Engine, redeem: Any, proof: str, tools: SimpleNamespace
+) -> None:
+    with Session(engine) as first:
+        redeem(first, proof)
+        first.commit()
+    with Session(engine) as second:
+        tools.expect(lambda: redeem(second, proof), 401, "dpop-replayed")
+
+
+def test_concurrent_redeem_on_two_connections_admits_one(
+    engine: Engine, redeem: Any, proof: str
+) -> None:
+    outcome: list[BaseException | None] = []
+
+    def second_process() -> None:
+        with Session(engine) as other:
+            try:
+                redeem(other, proof)
+                other.commit()
+                outcome.append(None)
+            except Unauthorized as exc:
+                outcome.append(exc)
+
+    with Session(engine) as first:
+        redeem(first, proof)  # flushed, not committed: the row is locked
+        thread = threading.Thread(target=second_process)
+        thread.start()
+        time.sleep(0.5)
+        assert thread.is_alive(), "second insert must wait for the first transaction"
+        first.commit()
+    thread.join(timeout=10)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], Unauthorized) and outcome[0].code == "dpop-replayed"
+
+
+def test_rolled_back_redeem_frees_the_jti(engine: Engine, redeem: Any, proof: str) -> None:
+    with Session(engine) as first:
+        redeem(first, proof)
+        first.rollback()
+    with Session(engine) as second:
+        redeem(second, proof)
+        second.commit()
+
+
+def test_prune_removes_only_expired_entries(engine: Engine, tools: SimpleNamespace) -> None:
+    with Session(engine) as session:
+        remember(session, "old", tools.NOW - timedelta(seconds=1))
+        remember(session, "edge", tools.NOW)
+        remember(session, "new", tools.NOW + timedelta(seconds=30))
+        assert prune_replay_cache(session, tools.NOW) == 1
+        session.commit()
+        rows = session.exec(select(DpopReplay)).all()
+        assert len(rows) == 2
+        remember(session, "old", tools.NOW + timedelta(seconds=60))  # pruned → insertable
+        tools.expect(lambda: remember(session, "new", tools.NOW), 401, "dpop-replayed")
+
+
+def test_stored_digest_hides_the_jti(engine: Engine, tools: SimpleNamespace) -> None:
+    with Session(engine) as session:
+        remember(session, "jkt\x00my-proof-id-1234567", tools.NOW)
+        session.commit()
+    with engine.connect() as conn:
+        (digest,) = conn.execute(sa.text("SELECT digest FROM dpop_replay")).one()
+    assert len(digest) == 64 and "my-proof-id" not in digest

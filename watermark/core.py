@@ -1,0 +1,182 @@
+"""Embedding and blind detection of the print-serial watermark."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+from numpy.typing import NDArray
+from scipy.stats import binom
+
+from watermark import ecc
+from watermark.frame import Frame, candidate_frames, hull_triangles, robust_areas
+from watermark.pattern import CELL, Grid, chips, soft_bits
+from watermark.refine import refine
+
+FloatArray = NDArray[np.float64]
+
+SAMPLES = 200_000
+SCREEN_SAMPLES = 25_000
+DECODE_CANDIDATES = 3
+P_THRESHOLD = 1e-9
+RMS_FRACTION = 0.00011  # of the bounding-box diagonal (budget 0.012 %)
+MAX_FRACTION = 0.00045  # of the diagonal (budget 0.05 %)
+MAX_MM = 0.045  # budget 0.05 mm
+BBOX_MM = 0.018  # bounding box must hold to 0.02 mm
+MAX_REFINED_VERTICES = 150_000
+VERTICES_PER_SUBCELL_EDGE = 1.5
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Outcome of ``detect``: a serial only when ``found``."""
+
+    found: bool
+    serial: int | None
+    p_value: float
+    bit_errors: int
+    ber: float
+
+
+@dataclass(frozen=True)
+class Surface:
+    """What detection reads from a mesh: convex hull and area-uniform surface samples.
+
+    Samples carry the raw normal of their face (for orientation) and a
+    ring-smoothed normal (for reading the mark, robust to vertex noise).
+    """
+
+    hull: FloatArray
+    face_normals: FloatArray
+    points: FloatArray
+    point_normals: FloatArray
+
+    @classmethod
+    def of(cls, mesh: trimesh.Trimesh, count: int = SAMPLES) -> Surface:
+        vertices = np.asarray(mesh.vertices, dtype=np.float64)
+        faces = np.asarray(mesh.faces, dtype=np.int64)
+        area, normal = robust_areas(vertices, faces)
+        triangles = vertices[faces]
+        face, bary = _stratified(area, count)
+        tri = triangles[face]
+        points = np.einsum("nk,nkj->nj", bary, tri)
+        cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        face_normals = cross / np.maximum(np.linalg.norm(cross, axis=1), 1e-300)[:, None]
+        return cls(hull_triangles(vertices), face_normals, points, normal[face])
+
+    def frames(self, strict: bool) -> list[Frame]:
+        return candidate_frames(self.hull, self.face_normals, strict)
+
+
+def _stratified(area: FloatArray, count: int) -> tuple[NDArray[np.int64], FloatArray]:
+    """Deterministic area-stratified choice of faces and barycentric coordinates."""
+    cumulative = np.cumsum(area)
+    rng = np.random.default_rng(20070101)
+    targets = (np.arange(count) + rng.random(count)) * cumulative[-1] / count
+    face = np.minimum(np.searchsorted(cumulative, targets), len(area) - 1)
+    r1, r2 = rng.random((2, count))
+    flip = r1 + r2 > 1.0
+    r1, r2 = np.where(flip, 1.0 - r1, r1), np.where(flip, 1.0 - r2, r2)
+    return face, np.stack([1.0 - r1 - r2, r1, r2], axis=1)
+
+
+def _amplitude(diagonal: float, unit_to_mm: float) -> tuple[float, float]:
+    """(alpha, max displacement) in mesh units."""
+    limit = min(MAX_FRACTION * diagonal, MAX_MM / unit_to_mm)
+    return min(RMS_FRACTION * diagonal, limit), limit
+
+
+def _refined(mesh: trimesh.Trimesh, frame: Frame) -> trimesh.Trimesh:
+    edge = CELL * frame.scale / (2.0 * VERTICES_PER_SUBCELL_EDGE)
+    edge = max(edge, math.sqrt(mesh.area / (0.87 * MAX_REFINED_VERTICES)))
+    vertices, faces = refine(
+        np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64), edge
+    )
+    return trimesh.Trimesh(vertices, faces, process=False)
+
+
+def _bbox_limited(vertices: FloatArray, margin: float) -> NDArray[np.bool_]:
+    low, high = vertices.min(0), vertices.max(0)
+    return np.asarray(((vertices - low < margin) | (high - vertices < margin)).any(1))
+
+
+def embed(
+    mesh: trimesh.Trimesh, payload: int, key: bytes, *, unit_to_mm: float = 1.0
+) -> trimesh.Trimesh:
+    """Return a refined copy of ``mesh`` carrying ``payload`` (a 64-bit serial) under ``key``."""
+    frame = Surface.of(mesh).frames(strict=True)[0]
+    marked = _refined(mesh, frame)
+    vertices = np.asarray(marked.vertices)
+    grid = Grid.from_key(key)
+    bit, sign, chi, _ = chips(grid, grid.coords(frame.to_local(vertices)))
+    symbols = 1.0 - 2.0 * ecc.encode(payload, key)
+    alpha, limit = _amplitude(float(np.linalg.norm(mesh.extents)), unit_to_mm)
+    shift = alpha * sign * chi * symbols[bit]
+    weights = _vertex_areas(marked)
+    shift -= float(weights @ shift) / float(weights.sum())
+    shift = np.clip(shift, -limit, limit)
+    bbox_limit = BBOX_MM / unit_to_mm
+    edge = _bbox_limited(vertices, limit)
+    shift[edge] = np.clip(shift[edge], -bbox_limit, bbox_limit)
+    moved = vertices + shift[:, None] * np.asarray(marked.vertex_normals)
+    return trimesh.Trimesh(moved, np.asarray(marked.faces), process=False)
+
+
+def _vertex_areas(mesh: trimesh.Trimesh) -> FloatArray:
+    faces = np.asarray(mesh.faces)
+    share = np.repeat(np.asarray(mesh.area_faces) / 3.0, 3)
+    return np.bincount(faces.reshape(-1), share, len(mesh.vertices)).astype(np.float64)
+
+
+def _p_value(errors: int, tried: int) -> float:
+    """Union bound on an unmarked mesh decoding to a valid check this close."""
+    log_binom = float(binom.logcdf(errors, ecc.CODED_BITS, 0.5)) + ecc.SERIAL_BITS * math.log(2)
+    log_check = -ecc.CHECK_BITS * math.log(2)
+    return min(1.0, tried * math.exp(min(log_binom, log_check)))
+
+
+def _bit_errors(soft: FloatArray, serial: int, key: bytes) -> int:
+    expected = 1.0 - 2.0 * ecc.encode(serial, key)
+    return int((np.sign(soft) != expected).sum())
+
+
+def detect(mesh: trimesh.Trimesh, key: bytes) -> Detection:
+    """Blind detection: the serial with its p-value, or ``found=False``."""
+    return analyse(mesh, key)[0]
+
+
+def analyse(mesh: trimesh.Trimesh, key: bytes) -> tuple[Detection, FloatArray]:
+    """``detect``, plus the soft coded bits it decided on (for evaluation)."""
+    surface = Surface.of(mesh)
+    points, normals = surface.points, surface.point_normals
+    frames = surface.frames(strict=False)
+    grid = Grid.from_key(key)
+    screen = slice(0, None, max(1, SAMPLES // SCREEN_SAMPLES))
+    energy = [
+        float((soft_bits(grid, f.to_local(points[screen]), f.rotate(normals[screen])) ** 2).sum())
+        for f in frames
+    ]
+    tried = min(DECODE_CANDIDATES, len(frames))
+    outcomes = []
+    for index in np.argsort(energy)[::-1][:tried]:
+        frame = frames[int(index)]
+        soft = soft_bits(grid, frame.to_local(points), frame.rotate(normals))
+        serial, valid = ecc.decode(soft, key)
+        errors = _bit_errors(soft, serial, key)
+        p_value = _p_value(errors, tried) if valid else 1.0
+        found = valid and p_value <= P_THRESHOLD
+        result = Detection(
+            found, serial if found else None, p_value, errors, errors / ecc.CODED_BITS
+        )
+        if found:
+            return result, soft
+        outcomes.append((result, soft))
+    return min(outcomes, key=lambda pair: pair[0].bit_errors)
+
+
+def raw_ber(soft: FloatArray, key: bytes, serial: int) -> float:
+    """Bit error rate before error correction against the known codeword."""
+    expected = 1.0 - 2.0 * ecc.encode(serial, key)
+    return float((np.sign(soft) != expected).mean())

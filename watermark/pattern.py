@@ -1,0 +1,156 @@
+"""The keyed spread-spectrum pattern and its blind estimator.
+
+In the canonical frame a keyed rotation and offset place a grid of cubic cells
+(edge ``CELL`` times the RMS radius).  A keyed hash maps every cell to one coded
+bit and a sign; inside the cell the displacement follows a 2x2x2 checkerboard
+``chi`` so that it has zero mean over the cell.  The mark displaces the surface
+along its normal by ``alpha * sign * chi * symbol``.
+
+The detector needs no original: it groups surface samples by cell and by
+normal direction (so one group is one piece of surface), fits the group's
+height over its tangent plane with the model ``[1, a, b, chi]`` and reads the
+``chi`` coefficient.  Flat host surface contributes nothing, smooth curvature
+is nearly orthogonal to the checkerboard, and the cell estimates of one bit are
+combined with inverse-variance weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from watermark.ecc import CODED_BITS
+
+CELL = 0.1
+MIN_GROUP = 8
+MAX_INFLATION = 20.0
+T_CLIP = 4.0  # a single cell cannot outvote many
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_PRIMES = (
+    np.uint64(0x9E3779B97F4A7C15),
+    np.uint64(0xC2B2AE3D27D4EB4F),
+    np.uint64(0x165667B19E3779F9),
+)
+_DIRECTIONS = np.array(
+    [
+        (x, y, z)
+        for x in (-1, 0, 1)
+        for y in (-1, 0, 1)
+        for z in (-1, 0, 1)
+        if (x, y, z) != (0, 0, 0)
+    ],
+    dtype=np.float64,
+)
+_DIRECTIONS /= np.linalg.norm(_DIRECTIONS, axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Key-derived placement of the cell grid and the cell hash seed."""
+
+    rotation: FloatArray
+    offset: FloatArray
+    seed: np.uint64
+
+    @classmethod
+    def from_key(cls, key: bytes) -> Grid:
+        digest = hmac.new(key, b"partvault-watermark-grid", hashlib.sha256).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:16], "big"))
+        q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+        q = q * np.sign(np.diag(r))
+        if np.linalg.det(q) < 0:
+            q[:, 0] = -q[:, 0]
+        return cls(q, rng.random(3), np.uint64(int.from_bytes(digest[16:24], "big")))
+
+    def coords(self, local: FloatArray) -> FloatArray:
+        """Canonical coordinates -> grid coordinates (unit = one cell)."""
+        return np.asarray(local @ self.rotation.T / CELL + self.offset)
+
+
+def _mix(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """splitmix64 finaliser."""
+    x = (x ^ (x >> np.uint64(30))) * _MIX[0]
+    x = (x ^ (x >> np.uint64(27))) * _MIX[1]
+    return x ^ (x >> np.uint64(31))
+
+
+def chips(grid: Grid, u: FloatArray) -> tuple[IntArray, FloatArray, FloatArray, NDArray[np.uint64]]:
+    """Per grid point: coded-bit index, cell sign (+-1), checkerboard chi, cell hash."""
+    cell = np.floor(u).astype(np.int64)
+    with np.errstate(over="ignore"):
+        h = grid.seed ^ np.bitwise_xor.reduce(cell.astype(np.uint64) * np.array(_PRIMES), axis=1)
+        h = _mix(h)
+    parity = np.floor(2.0 * u).astype(np.int64).sum(1) & 1
+    bit = (h % np.uint64(CODED_BITS)).astype(np.int64)
+    sign = ((h >> np.uint64(40)) & np.uint64(1)).astype(np.float64) * 2.0 - 1.0
+    return bit, sign, 1.0 - 2.0 * parity, h
+
+
+def _groups(h: NDArray[np.uint64], normals: FloatArray) -> IntArray:
+    bucket = np.argmax(normals @ _DIRECTIONS.T, axis=1).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        key = h ^ (bucket * _PRIMES[0])
+    _, inverse = np.unique(key, return_inverse=True)
+    return np.asarray(inverse.reshape(-1), dtype=np.int64)
+
+
+def _tangents(normal: FloatArray) -> tuple[FloatArray, FloatArray]:
+    helper = np.eye(3)[np.argmin(np.abs(normal), axis=1)]
+    t1 = np.cross(normal, helper)
+    t1 /= np.linalg.norm(t1, axis=1, keepdims=True)
+    return t1, np.cross(normal, t1)
+
+
+def _fit(group: IntArray, design: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Per-group least squares; returns chi coefficient and its variance (nan if unfit)."""
+    n_groups, k = int(group.max()) + 1, design.shape[1]
+    xtx = np.empty((n_groups, k, k))
+    for i in range(k):
+        for j in range(i, k):
+            xtx[:, i, j] = xtx[:, j, i] = np.bincount(group, design[:, i] * design[:, j], n_groups)
+    xty = np.stack([np.bincount(group, design[:, i] * y, n_groups) for i in range(k)], 1)
+    yty = np.bincount(group, y * y, n_groups)
+    count = np.bincount(group, minlength=n_groups)
+    ridge = 1e-9 * np.trace(xtx, axis1=1, axis2=2)[:, None, None] * np.eye(k)
+    inv = np.linalg.inv(xtx + ridge + 1e-300 * np.eye(k))
+    # variance inflation of the chi coefficient: chi must not be explained by the plane
+    ok = (count >= MIN_GROUP) & (inv[:, -1, -1] * xtx[:, -1, -1] < MAX_INFLATION)
+    beta = np.full(n_groups, np.nan)
+    var = np.full(n_groups, np.nan)
+    inv = inv[ok]
+    sol = np.einsum("gij,gj->gi", inv, xty[ok])
+    rss = np.maximum(yty[ok] - np.einsum("gi,gi->g", sol, xty[ok]), 0.0)
+    beta[ok] = sol[:, -1]
+    var[ok] = rss / (count[ok] - k) * inv[:, -1, -1]
+    return beta, var
+
+
+def soft_bits(grid: Grid, local: FloatArray, normals: FloatArray) -> FloatArray:
+    """Blind estimate of the coded symbols (z-scores, > 0 favours bit 0)."""
+    u = grid.coords(local)
+    n = normals @ grid.rotation.T
+    bit, sign, chi, h = chips(grid, u)
+    group = _groups(h, n)
+    n_groups = int(group.max()) + 1
+    gn = np.stack([np.bincount(group, n[:, i], n_groups) for i in range(3)], 1).astype(np.float64)
+    gn /= np.maximum(np.linalg.norm(gn, axis=1, keepdims=True), 1e-12)
+    w = u - np.floor(u) - 0.5
+    t1, t2 = _tangents(gn)
+    design = np.stack(
+        [np.ones(len(w)), (w * t1[group]).sum(1), (w * t2[group]).sum(1), chi], axis=1
+    )
+    beta, var = _fit(group, design, (w * gn[group]).sum(1))
+    first = np.zeros(n_groups, dtype=np.int64)
+    first[group] = np.arange(len(group))
+    good = np.isfinite(beta)
+    t_stat = np.clip(beta[good] / np.sqrt(np.maximum(var[good], 1e-30)), -T_CLIP, T_CLIP)
+    g_bit = bit[first][good]
+    num = np.bincount(g_bit, sign[first][good] * t_stat, CODED_BITS)
+    den = np.bincount(g_bit, minlength=CODED_BITS)
+    return np.asarray(num / np.sqrt(np.maximum(den, 1)))
