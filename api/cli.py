@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from api.config import Settings
-from api.services import Services
+
+if TYPE_CHECKING:  # the services pull in trimesh and scipy: seconds a quick command skips
+    from api.services import Services
 
 console = Console(stderr=True)
 
@@ -88,6 +90,7 @@ def admin() -> None:
 def admin_token(rotate: bool) -> None:
     """Replace the operator's admin token (the old one stops working at once)."""
     from api.bootstrap import prepare
+    from api.services import Services
     from inventory.accounts import rotate_operator_token
 
     settings = Settings.from_env()
@@ -102,6 +105,7 @@ def admin_token(rotate: bool) -> None:
 def _local_services() -> Services:
     """Services for operator commands run on the server host (migrations applied)."""
     from api.bootstrap import prepare
+    from api.services import Services
 
     settings = Settings.from_env()
     prepare(settings)

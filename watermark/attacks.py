@@ -7,6 +7,7 @@ Every attack is deterministic (fixed seeds) and takes and returns a
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +64,26 @@ def _roundtrip(file_type: str, **kwargs: Any) -> Attack:
 
     attack.__doc__ = f"Export as {file_type} and load again."
     return attack
+
+
+_FACET = "facet normal %e %e %e\n outer loop\n" + "  vertex %e %e %e\n" * 3 + " endloop\nendfacet\n"
+_VERTEX = re.compile(r"vertex\s+(\S+)\s+(\S+)\s+(\S+)")
+
+
+def stl_ascii(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Write ASCII STL as CAD exporters do (``%e``: 7 significant digits), read it back.
+
+    Reading keeps what every STL reader does: a triangle soup whose equal
+    vertices are merged.
+    """
+    rows = np.concatenate(
+        [mesh.face_normals, np.asarray(mesh.vertices)[mesh.faces].reshape(-1, 9)], 1
+    )
+    text = (
+        "solid leaked\n" + (_FACET * len(rows)) % tuple(rows.ravel().tolist()) + "endsolid leaked\n"
+    )
+    vertices = np.array(_VERTEX.findall(text), dtype=np.float64)
+    return _mesh(vertices, np.arange(len(vertices)).reshape(-1, 3), process=True)
 
 
 def split_vertices(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
@@ -144,7 +165,7 @@ ATTACKS: dict[str, Attack] = {
     "rigid": rigid,
     "scale": scale,
     "stl_binary": _roundtrip("stl"),
-    "stl_ascii": _roundtrip("stl_ascii"),
+    "stl_ascii": stl_ascii,
     "3mf": _roundtrip("3mf"),
     "obj": _roundtrip("obj"),
     "split_vertices": split_vertices,

@@ -84,12 +84,13 @@ def chips(grid: Grid, u: FloatArray) -> tuple[IntArray, FloatArray, FloatArray, 
     """Per grid point: coded-bit index, cell sign (+-1), checkerboard chi, cell hash."""
     cell = np.floor(u).astype(np.int64)
     with np.errstate(over="ignore"):
-        h = grid.seed ^ np.bitwise_xor.reduce(cell.astype(np.uint64) * np.array(_PRIMES), axis=1)
-        h = _mix(h)
-    parity = np.floor(2.0 * u).astype(np.int64).sum(1) & 1
+        spread = cell.astype(np.uint64) * np.array(_PRIMES)
+        h = _mix(grid.seed ^ spread[:, 0] ^ spread[:, 1] ^ spread[:, 2])
+    half = np.floor(2.0 * u).astype(np.int64)
+    parity = (half[:, 0] + half[:, 1] + half[:, 2]) & 1
     bit = (h % np.uint64(CODED_BITS)).astype(np.int64)
     sign = ((h >> np.uint64(40)) & np.uint64(1)).astype(np.float64) * 2.0 - 1.0
-    return bit, sign, 1.0 - 2.0 * parity, h
+    return bit, sign, (1.0 - 2.0 * parity).astype(np.float64), h
 
 
 def _groups(h: NDArray[np.uint64], normals: FloatArray) -> IntArray:
@@ -131,6 +132,11 @@ def _fit(group: IntArray, design: FloatArray, y: FloatArray) -> tuple[FloatArray
     return beta, var
 
 
+def _dot(a: FloatArray, b: FloatArray) -> FloatArray:
+    """Row-wise dot product of two (n, 3) arrays."""
+    return np.asarray(a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2])
+
+
 def soft_bits(grid: Grid, local: FloatArray, normals: FloatArray) -> FloatArray:
     """Blind estimate of the coded symbols (z-scores, > 0 favours bit 0)."""
     u = grid.coords(local)
@@ -142,10 +148,8 @@ def soft_bits(grid: Grid, local: FloatArray, normals: FloatArray) -> FloatArray:
     gn /= np.maximum(np.linalg.norm(gn, axis=1, keepdims=True), 1e-12)
     w = u - np.floor(u) - 0.5
     t1, t2 = _tangents(gn)
-    design = np.stack(
-        [np.ones(len(w)), (w * t1[group]).sum(1), (w * t2[group]).sum(1), chi], axis=1
-    )
-    beta, var = _fit(group, design, (w * gn[group]).sum(1))
+    design = np.stack([np.ones(len(w)), _dot(w, t1[group]), _dot(w, t2[group]), chi], axis=1)
+    beta, var = _fit(group, design, _dot(w, gn[group]))
     first = np.zeros(n_groups, dtype=np.int64)
     first[group] = np.arange(len(group))
     good = np.isfinite(beta)

@@ -31,6 +31,7 @@ from inventory.db import UTCDateTime, utcnow
 from inventory.errors import Conflict, Unavailable
 from licensing.audit.checkpoint import verifier_key_string
 from licensing.tokens._db import insert_if_absent
+from licensing.tokens.signer import new_ed25519_key
 
 
 class AuditLogKey(SQLModel, table=True):
@@ -135,14 +136,9 @@ def _current_row(session: Session) -> AuditLogKey | None:
 
 
 def _new_row(keyring: KeyRing, now: datetime) -> AuditLogKey:
-    private_key = Ed25519PrivateKey.generate()
+    private_key, seed = new_ed25519_key()
     public_key = private_key.public_key()
     key_id = log_key_id(public_key)
-    seed = private_key.private_bytes(
-        serialization.Encoding.Raw,
-        serialization.PrivateFormat.Raw,
-        serialization.NoEncryption(),
-    )
     return AuditLogKey(
         key_id=key_id,
         public_key=_raw_public(public_key),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from licensing.tokens.thumbprint import key_thumbprint
@@ -45,3 +46,12 @@ class Ed25519Signer:
     def sign(self, message: bytes, *, valid_until: datetime) -> bytes:
         """Sign `message`; an in-memory key has nothing to record about `valid_until`."""
         return self._key.sign(message)
+
+
+def new_ed25519_key() -> tuple[Ed25519PrivateKey, bytes]:
+    """A fresh Ed25519 private key and its raw 32-byte seed (the form the key ring wraps)."""
+    private_key = Ed25519PrivateKey.generate()
+    seed = private_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return private_key, seed

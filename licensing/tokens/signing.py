@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -36,6 +35,7 @@ from inventory.db import UTCDateTime, utcnow
 from inventory.errors import Conflict, Unavailable
 from licensing.tokens._db import insert_if_absent
 from licensing.tokens._jose import ALG
+from licensing.tokens.signer import new_ed25519_key
 from licensing.tokens.thumbprint import ed25519_from_jwk, key_thumbprint, public_jwk
 
 CLOCK_SKEW = timedelta(minutes=5)
@@ -194,14 +194,9 @@ def _current_row(session: Session, *, for_update: bool = False) -> LicenceSignin
 
 def _new_row(keyring: KeyRing, now: datetime) -> LicenceSigningKey:
     """A fresh Ed25519 key as a current row, its private half wrapped."""
-    private_key = Ed25519PrivateKey.generate()
+    private_key, seed = new_ed25519_key()
     public_key = private_key.public_key()
     kid = key_thumbprint(public_key)
-    seed = private_key.private_bytes(
-        serialization.Encoding.Raw,
-        serialization.PrivateFormat.Raw,
-        serialization.NoEncryption(),
-    )
     return LicenceSigningKey(
         kid=kid,
         public_jwk=json.dumps(public_jwk(public_key), sort_keys=True),

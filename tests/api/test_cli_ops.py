@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import sqlalchemy as sa
 
 
@@ -63,6 +64,7 @@ def test_rotate_signing_keeps_old_licences_verifiable(world):
         assert job.status_code == 201, job.text
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # no backend-specific SQL
 def test_licence_verify_offline(world, tmp_path):
     licence = world.licence(prints=2)
     jwks = tmp_path / "jwks.json"
@@ -75,6 +77,7 @@ def test_licence_verify_offline(world, tmp_path):
     assert bad.returncode == 1 and "INVALID" in bad.stderr
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # no backend-specific SQL
 def test_bureau_keygen_writes_private_keys_0600(tmp_path, settings):
     _cli(settings, "bureau", "keygen", str(tmp_path / "keys"))
     private = [p for p in (tmp_path / "keys").iterdir() if not p.name.endswith(".pub.pem")]
@@ -84,6 +87,7 @@ def test_bureau_keygen_writes_private_keys_0600(tmp_path, settings):
     assert again.returncode != 0  # never overwrites a key
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # no backend-specific SQL
 def test_reconcile_removes_old_orphans_and_flags_missing(world):
     settings = world.api.settings
     services = world.api.client.app.state.services

@@ -46,6 +46,7 @@ def _events(api, kind: str) -> int:
     return int(count)
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # no backend-specific SQL
 def test_delivered_copy_carries_the_serial_and_opens_in_lib3mf(world, tmp_path, meshes_dir):
     job = _redeemed(world)
     response = _download(world, job["serial"])
@@ -113,6 +114,7 @@ def _stl_bytes(mesh: trimesh.Trimesh) -> bytes:
     return trimesh.exchange.stl.export_stl(mesh)
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # no backend-specific SQL
 def test_trace_names_the_job_and_never_a_wrong_one(world, meshes_dir):
     job = _redeemed(world)
     response = _download(world, job["serial"])

@@ -59,6 +59,7 @@ def test_upload_measures_encrypts_and_round_trips(api, cube_stl):
     assert [r["number"] for r in listed] == [1, 2]
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # no backend-specific SQL
 @pytest.mark.parametrize("path", mesh_files(), ids=lambda p: p.name)
 def test_every_fixture_mesh_ingests(api, path):
     _, token = api.brand("Acme")
@@ -68,6 +69,7 @@ def test_every_fixture_mesh_ingests(api, path):
     assert response.json()["geometry"]["triangles"] > 0
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # no backend-specific SQL
 @pytest.mark.parametrize("path", sorted(BAD.iterdir()), ids=lambda p: p.name)
 def test_bad_fixtures_are_refused_and_leave_nothing(api, path):
     _, token = api.brand("Acme")

@@ -28,6 +28,7 @@ def test_malformed_json(api):
     assert api.ok("GET", "/v1/parts", token)["items"] == []
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # no backend-specific SQL
 @pytest.mark.parametrize(
     ("body", "code"),
     [
