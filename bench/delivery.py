@@ -18,23 +18,27 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import trimesh
-from cryptography.hazmat.primitives.asymmetric import rsa
+# bench/watermark.py would shadow the package: import from the repository root
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import watermark
-from inventory.crypto.aead import new_data_key
-from inventory.crypto.seal import seal_to_store
-from inventory.designs import revision_aad
-from inventory.storage import LocalStore
-from licensing.deliveries import Ticket, load_design
-from licensing.delivery import key_thumbprint, mesh_to_model_xml, write_secure_3mf
+import numpy as np  # noqa: E402
+import trimesh  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+
+import watermark  # noqa: E402
+from inventory.crypto.aead import new_data_key  # noqa: E402
+from inventory.crypto.seal import seal_to_store  # noqa: E402
+from inventory.designs import revision_aad  # noqa: E402
+from inventory.storage import LocalStore  # noqa: E402
+from licensing.deliveries import Ticket, load_design  # noqa: E402
+from licensing.delivery import key_thumbprint, mesh_to_model_xml, write_secure_3mf  # noqa: E402
 
 
 def make_mesh(faces: int) -> trimesh.Trimesh:
