@@ -14,18 +14,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from tests_support import create_pg_database, drop_pg_database
+from tests_support import BAD, MESHES, create_pg_database, drop_pg_database
 
 # One BLAS thread per process, set before numpy loads: pytest-xdist already runs a
 # worker per core, and OpenBLAS threads on top oversubscribe them (2.5x slower
 # watermark detection measured with two workers).
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("PARTVAULT_SHARED", REPO.parent / "shared"))
-MESHES = SHARED / "fixtures" / "meshes"
-BAD = SHARED / "fixtures" / "bad"
 
 
 def mesh_files() -> list[Path]:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 
 import sqlalchemy as sa
+
+# Shared fixture files beside the checkout (../shared), or where PARTVAULT_SHARED says.
+SHARED = Path(os.environ.get("PARTVAULT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+MESHES = SHARED / "fixtures" / "meshes"
+BAD = SHARED / "fixtures" / "bad"
 
 PG_ADMIN_URL = os.environ.get(
     "PARTVAULT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

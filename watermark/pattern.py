@@ -90,7 +90,7 @@ def chips(grid: Grid, u: FloatArray) -> tuple[IntArray, FloatArray, FloatArray, 
     parity = (half[:, 0] + half[:, 1] + half[:, 2]) & 1
     bit = (h % np.uint64(CODED_BITS)).astype(np.int64)
     sign = ((h >> np.uint64(40)) & np.uint64(1)).astype(np.float64) * 2.0 - 1.0
-    return bit, sign, (1.0 - 2.0 * parity).astype(np.float64), h
+    return bit, sign, (1.0 - 2.0 * parity).astype(np.float64, copy=False), h
 
 
 def _groups(h: NDArray[np.uint64], normals: FloatArray) -> IntArray:

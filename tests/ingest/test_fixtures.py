@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from tests_support import MESHES as FIXTURE_MESHES
 
 from inventory.errors import Invalid
 from inventory.ingest import DesignFormat, inspect_design
 
-# Same location rule as tests/conftest.py, needed at collection time for parametrize.
-SHARED = Path(os.environ.get("PARTVAULT_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-MESHES = sorted((SHARED / "fixtures" / "meshes").iterdir())
+MESHES = sorted(FIXTURE_MESHES.iterdir())
 
 BAD_CODES = {
     "MUSTFAIL_Chapter2.1.1a_PartsRelationships_NonExist3DModelPart.3mf": (

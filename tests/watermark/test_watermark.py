@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
+
+from tests_support import MESHES as FIXTURES
 
 # This folder is also called "watermark": with tests/ on sys.path it would be
 # imported as a namespace package that shadows the real one.  Import the real
@@ -27,8 +28,6 @@ from watermark import Detection, derive_brand_key, detect, ecc, embed  # noqa: E
 from watermark.attacks import ATTACKS  # noqa: E402
 from watermark.core import Surface, _refined  # noqa: E402
 
-SHARED = Path(os.environ.get("PARTVAULT_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-FIXTURES = SHARED / "fixtures" / "meshes"
 NAMES = sorted(p.name for p in FIXTURES.iterdir())
 SERIAL = 0xFEDCBA9876543210
 KEY = derive_brand_key(b"master-secret-for-tests", "brand-a")
