@@ -43,16 +43,26 @@ ROUTES = [handler for module in ROUTE_MODULES for handler in module.ROUTES]
 
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Litestar:
+    """The app for `settings`: its routes plus the process-wide services."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
-    services = services or Services.from_settings(settings)
-    dispatcher = DispatcherTask(services)
-    app = Litestar(
+    app = build_app(max_json_bytes=settings.max_json_bytes)
+    app.state.services = services or Services.from_settings(settings)
+    return app
+
+
+def build_app(*, max_json_bytes: int) -> Litestar:
+    """The routes and hooks alone; the caller sets ``app.state.services`` before startup.
+
+    Building is the costly part (handler signatures, OpenAPI), so tests build one
+    app per process and give it fresh services per test.
+    """
+    return Litestar(
         route_handlers=ROUTES,
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_id_middleware],
-        request_max_body_size=settings.max_json_bytes,
+        request_max_body_size=max_json_bytes,
         openapi_config=OpenAPIConfig(
             title="partvault",
             version="1",
@@ -60,10 +70,21 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
-        on_startup=[dispatcher.start],
-        on_shutdown=[dispatcher.stop, services.close],
+        on_startup=[_start_dispatcher],
+        on_shutdown=[_stop_dispatcher, _close_services],
         debug=False,
         logging_config=None,
     )
-    app.state.services = services
-    return app
+
+
+async def _start_dispatcher(app: Litestar) -> None:
+    app.state.dispatcher = DispatcherTask(app.state.services)
+    await app.state.dispatcher.start(app)
+
+
+async def _stop_dispatcher(app: Litestar) -> None:
+    await app.state.dispatcher.stop(app)
+
+
+def _close_services(app: Litestar) -> None:
+    app.state.services.close()

@@ -4,20 +4,25 @@ A handler asks for the principal it needs by parameter name: ``operator``,
 ``brand``, ``shop``, ``facility``, ``caller`` (any role), ``reader``
 (operator or brand) or ``seller`` (brand or its webshop). Authentication
 touches the database, so these run in a worker thread, never on the event loop.
+Hot write paths ask for ``credentials`` instead (parsed on the event loop) and
+`authorize` in the same transaction as their work: one thread hop, one commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request
 from litestar.di import NamedDependency, Provide
+from sqlmodel import Session
 
 from api.services import Services
 from inventory.accounts import Principal, TokenKind, authenticate
 from inventory.errors import BadRequest, Forbidden, Unauthorized
 from licensing import facilities
+from licensing.tokens.replay import SpentProof
 
 #: A principal injected by the dependency named like the parameter.
 Auth = NamedDependency[Principal]
@@ -35,31 +40,66 @@ def bearer_token(request: Request[Any, Any, Any]) -> str:
     return token.strip()
 
 
-def _resolve(request: Request[Any, Any, Any]) -> Principal:
-    """Authenticate the bearer token; a facility must also prove possession of its key."""
+@dataclass(frozen=True)
+class Credentials:
+    """What a request presents, read on the event loop without touching the database."""
+
+    token: str
+    proof: str | None
+    htm: str
+    htu: str
+
+
+#: The request's credentials, for routes that `authorize` inside their own transaction.
+Creds = NamedDependency[Credentials]
+
+
+@dataclass(frozen=True)
+class Authorized:
+    """An authenticated caller and the DPoP proof its request spent (facilities only)."""
+
+    principal: Principal
+    spent_proof: SpentProof | None = None
+
+
+def credentials_of(request: Request[Any, Any, Any]) -> Credentials:
     services: Services = request.app.state.services
-    token = bearer_token(request)
-    with services.transaction() as session:
-        principal = authenticate(session, token)
-        if principal.kind == TokenKind.facility:
-            facilities.verify_possession(
-                session,
-                principal,
-                proof=request.headers.get("dpop"),
-                htm=request.method,
-                htu=services.settings.public_url.rstrip("/") + request.url.path,
-                access_token=token,
-            )
-        return principal
+    return Credentials(
+        token=bearer_token(request),
+        proof=request.headers.get("dpop"),
+        htm=request.method,
+        htu=services.settings.public_url.rstrip("/") + request.url.path,
+    )
+
+
+def authorize(
+    session: Session, credentials: Credentials, kinds: Collection[TokenKind]
+) -> Authorized:
+    """Authenticate in the caller's transaction; a facility must also prove possession
+    of its key; a token of another role is refused (403)."""
+    principal = authenticate(session, credentials.token)
+    spent = None
+    if principal.kind == TokenKind.facility:
+        spent = facilities.verify_possession(
+            session,
+            principal,
+            proof=credentials.proof,
+            htm=credentials.htm,
+            htu=credentials.htu,
+            access_token=credentials.token,
+        )
+    if principal.kind not in kinds:
+        allowed = " or ".join(k.value for k in kinds)
+        raise Forbidden(f"this call is for {allowed} tokens", code="wrong-role")
+    return Authorized(principal, spent)
 
 
 def _requiring(*kinds: TokenKind) -> Callable[[Request[Any, Any, Any]], Principal]:
     def dependency(request: Request[Any, Any, Any]) -> Principal:
-        principal = _resolve(request)
-        if principal.kind not in kinds:
-            allowed = " or ".join(k.value for k in kinds)
-            raise Forbidden(f"this call is for {allowed} tokens", code="wrong-role")
-        return principal
+        credentials = credentials_of(request)
+        services: Services = request.app.state.services
+        with services.transaction() as session:
+            return authorize(session, credentials, kinds).principal
 
     return dependency
 
@@ -71,6 +111,7 @@ def provide_services(request: Request[Any, Any, Any]) -> Services:
 
 DEPENDENCIES = {
     "services": Provide(provide_services, sync_to_thread=False),
+    "credentials": Provide(credentials_of, sync_to_thread=False),
     "caller": Provide(_requiring(*TokenKind), sync_to_thread=True),
     "operator": Provide(_requiring(TokenKind.operator), sync_to_thread=True),
     "brand": Provide(_requiring(TokenKind.brand), sync_to_thread=True),

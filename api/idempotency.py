@@ -1,13 +1,16 @@
 """Idempotent creating POSTs (IETF httpapi-idempotency-key draft).
 
-The key is claimed in its own transaction (so concurrent retries see it in
-flight), the work and the stored response commit together, and a client error
-is stored and replayed like a success; a server error releases the key.
+The caller is authorized and the key claimed in one transaction (so
+concurrent retries see it in flight), the work and the stored response commit
+together, and a client error is stored and replayed like a success; a server
+error releases the key. Without a key, authorization and work are one
+transaction (one thread hop, one commit: the hot path of issuance and
+redemption).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
@@ -17,11 +20,14 @@ from litestar import Response
 from litestar.params import HeaderParameter
 from sqlmodel import Session
 
+from api.auth import Authorized, Credentials, authorize
 from api.problems import PROBLEM_MEDIA_TYPE, problem_body
 from api.services import Services
+from inventory.accounts import Principal, TokenKind
 from inventory.errors import PartvaultError
 from licensing.orders import idempotency
 from licensing.orders.idempotency import Replay
+from licensing.tokens.replay import keep_spent
 
 REPLAY_HEADER = "idempotent-replayed"
 #: The optional ``Idempotency-Key`` request header.
@@ -37,27 +43,30 @@ async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def run_idempotent(
     services: Services,
     *,
-    scope: str,
+    credentials: Credentials,
+    kinds: Collection[TokenKind],
     key: str | None,
     method: str,
     path: str,
     payload: Any,
     status_code: int,
-    work: Callable[[Session], Any],
+    work: Callable[[Session, Principal], Any],
+    key_required: bool = False,
 ) -> Response[bytes]:
-    """Run `work` once per (scope, key); replay its stored response afterwards."""
-    if key is None:
-        with services.transaction() as session:
-            return _json(msgspec.json.encode(work(session)), status_code)
-    key = idempotency.require_key(key)
+    """Authorize the caller, then run `work` once per (token, key); replay its stored
+    response afterwards. Without a key, authorization and work share one transaction."""
+    if key is None and not key_required:
+        return _run_once(services, credentials, kinds, work, status_code)
     fingerprint = idempotency.fingerprint(method, path, msgspec.json.encode(payload))
     with services.transaction() as session:
-        outcome = idempotency.begin(session, scope, key, fingerprint)
+        principal = authorize(session, credentials, kinds).principal
+        key = idempotency.require_key(key)
+        outcome = idempotency.begin(session, principal.token_id, key, fingerprint)
     if isinstance(outcome, Replay):
         return _replay(outcome)
     try:
         with services.transaction() as session:
-            body = msgspec.json.encode(work(session))
+            body = msgspec.json.encode(work(session, principal))
             idempotency.finish(session, outcome.record_id, status_code, body)
     except PartvaultError as exc:
         _settle_failure(services, outcome.record_id, exc, path)
@@ -65,6 +74,27 @@ def run_idempotent(
     except BaseException:
         with services.transaction() as session:
             idempotency.abandon(session, outcome.record_id)
+        raise
+    return _json(body, status_code)
+
+
+def _run_once(
+    services: Services,
+    credentials: Credentials,
+    kinds: Collection[TokenKind],
+    work: Callable[[Session, Principal], Any],
+    status_code: int,
+) -> Response[bytes]:
+    """Authorization and work in one transaction; a refused request still spends its proof."""
+    authorized: Authorized | None = None
+    try:
+        with services.transaction() as session:
+            authorized = authorize(session, credentials, kinds)
+            body = msgspec.json.encode(work(session, authorized.principal))
+    except BaseException:
+        if authorized is not None and authorized.spent_proof is not None:
+            with services.transaction() as session:
+                keep_spent(session, authorized.spent_proof)
         raise
     return _json(body, status_code)
 

@@ -125,6 +125,14 @@ def get_brand(session: Session, brand_id: str) -> Brand:
     return brand
 
 
+def reprint_allowance(session: Session, brand_id: str) -> int:
+    """The failed prints a new licence of this brand may re-print (its current policy)."""
+    allowance = session.execute(_REPRINTS_OF, {"brand_id": brand_id}).scalar()
+    if allowance is None:
+        raise NotFound("no such brand", code="brand-not-found")
+    return int(allowance)
+
+
 def set_reprint_policy(session: Session, brand_id: str, reprints: int) -> Brand:
     """Failed prints a new licence of this brand may re-print (0: none)."""
     brand = get_brand(session, brand_id)
@@ -162,24 +170,42 @@ def issue_token(
 
 
 def authenticate(session: Session, token: str) -> Principal:
-    """Resolve a bearer token to its principal; unknown or revoked → 401."""
+    """Resolve a bearer token to its principal; unknown or revoked → 401.
+
+    On every request, so it runs two prepared Core statements (the lookup and,
+    at most once a minute, the last-use stamp) rather than ORM loads.
+    """
     digest = hash_token(token)
-    row = session.exec(select(ApiToken).where(ApiToken.token_hash == digest)).first()
+    row = session.execute(_TOKEN_BY_HASH, {"digest": digest}).first()
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         raise Unauthorized("unknown or malformed API token", code="token-invalid")
     if row.revoked_at is not None:
         raise Unauthorized("this API token was revoked", code="token-revoked")
-    _touch(session, row)
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_GRANULARITY:
+        session.execute(_TOUCH_TOKEN, {"token_id": row.id, "now": now})
     return Principal(TokenKind(row.kind), row.id, row.brand_id, row.facility_id)
 
 
-def _touch(session: Session, row: ApiToken) -> None:
-    """Record last use, at most once a minute per token to keep reads cheap."""
-    now = utcnow()
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_GRANULARITY:
-        session.execute(
-            sa.update(ApiToken).where(sa.column("id") == row.id).values(last_used_at=now)
-        )
+_brands = Brand.__table__  # type: ignore[attr-defined]
+_REPRINTS_OF = sa.select(_brands.c.reprints_per_licence).where(
+    _brands.c.id == sa.bindparam("brand_id")
+)
+_tokens = ApiToken.__table__  # type: ignore[attr-defined]
+_TOKEN_BY_HASH = sa.select(
+    _tokens.c.id,
+    _tokens.c.kind,
+    _tokens.c.brand_id,
+    _tokens.c.facility_id,
+    _tokens.c.token_hash,
+    _tokens.c.last_used_at,
+    _tokens.c.revoked_at,
+).where(_tokens.c.token_hash == sa.bindparam("digest"))
+_TOUCH_TOKEN = (
+    sa.update(_tokens)
+    .where(_tokens.c.id == sa.bindparam("token_id"))
+    .values(last_used_at=sa.bindparam("now"))
+)
 
 
 def list_tokens(session: Session, *, brand_id: str | None = None) -> list[ApiToken]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -241,3 +242,66 @@ def current_profile(session: Session, part: Part) -> PrintProfile | None:
     if part.current_profile_id is None:
         return None
     return session.get(PrintProfile, part.current_profile_id)
+
+
+# --- prepared reads for the licensing hot paths ----------------------------------
+
+
+@dataclass(frozen=True)
+class LicensableRevision:
+    """A revision with what a licence for it binds: its part, design hash and the
+    part's current print profile (None when the part has none)."""
+
+    revision_id: str
+    part_id: str
+    sha256: str
+    part_status: str
+    profile: dict[str, Any] | None
+    profile_hash: str | None
+
+
+def licensable_revision(session: Session, brand_id: str, revision_id: str) -> LicensableRevision:
+    """The brand's revision with its part and current profile, in one query (404 otherwise)."""
+    row = session.execute(
+        _LICENSABLE_REVISION, {"brand_id": brand_id, "revision_id": revision_id}
+    ).first()
+    if row is None:
+        raise NotFound("no such revision", code="revision-not-found")
+    return LicensableRevision(
+        row.id, row.part_id, row.sha256, row.status, row.settings, row.profile_hash
+    )
+
+
+def current_settings(session: Session, brand_id: str, part_id: str) -> dict[str, Any] | None:
+    """The settings of the part's current print profile (None without one; 404 if not the brand's)."""
+    row = session.execute(_PART_SETTINGS, {"brand_id": brand_id, "part_id": part_id}).first()
+    if row is None:
+        raise NotFound("no such part", code="part-not-found")
+    return dict(row.settings) if row.settings is not None else None
+
+
+_part = Part.__table__  # type: ignore[attr-defined]
+_profile = PrintProfile.__table__  # type: ignore[attr-defined]
+_revision = Revision.__table__  # type: ignore[attr-defined]
+_with_profile = _part.outerjoin(_profile, _profile.c.id == _part.c.current_profile_id)
+_LICENSABLE_REVISION = (
+    sa.select(
+        _revision.c.id,
+        _revision.c.part_id,
+        _revision.c.sha256,
+        _part.c.status,
+        _profile.c.settings,
+        _profile.c.profile_hash,
+    )
+    .select_from(_revision.join(_with_profile, _part.c.id == _revision.c.part_id))
+    .where(
+        _revision.c.id == sa.bindparam("revision_id"),
+        _revision.c.brand_id == sa.bindparam("brand_id"),
+        _part.c.brand_id == sa.bindparam("brand_id"),
+    )
+)
+_PART_SETTINGS = (
+    sa.select(_profile.c.settings)
+    .select_from(_with_profile)
+    .where(_part.c.id == sa.bindparam("part_id"), _part.c.brand_id == sa.bindparam("brand_id"))
+)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
@@ -24,7 +24,7 @@ from inventory.accounts import Principal, TokenKind, issue_token
 from inventory.db import UTCDateTime, new_id, utcnow
 from inventory.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from licensing.tokens.dpop import verify_proof
-from licensing.tokens.replay import DbReplayGuard
+from licensing.tokens.replay import DbReplayGuard, SpentProof
 from licensing.tokens.thumbprint import key_thumbprint
 
 MIN_RSA_BITS = 2048
@@ -250,7 +250,18 @@ def set_certification_status(
     return cert
 
 
-def certification_covers(cert: Certification, process: str, material: str, now: datetime) -> str:
+class CertificationTerms(Protocol):
+    """What `certification_covers` reads: a `Certification` or a row of its columns."""
+
+    status: str
+    expires_at: datetime
+    processes: list[str]
+    materials: list[str]
+
+
+def certification_covers(
+    cert: CertificationTerms, process: str, material: str, now: datetime
+) -> str:
     """Why `cert` does not cover (process, material) now, or "" when it does."""
     if cert.status == CertificationStatus.suspended.value:
         return "certification-suspended"
@@ -267,22 +278,61 @@ def certification_covers(cert: Certification, process: str, material: str, now: 
 
 def require_certified(
     session: Session, brand_id: str, facility_id: str, process: str, material: str
-) -> Certification:
-    """The certification that lets `facility_id` print this process and material now."""
-    facility = get_facility(session, facility_id)
-    if facility.status != FacilityStatus.approved.value:
-        raise Forbidden("the facility is not approved", code="facility-not-approved")
+) -> None:
+    """Refuse (403) unless `facility_id` is approved and certified for this now.
+
+    On the issuance and redemption paths, so two prepared Core statements.
+    """
+    require_approved(session, facility_id)
+    require_certification(session, brand_id, facility_id, process, material)
+
+
+def require_certification(
+    session: Session, brand_id: str, facility_id: str, process: str, material: str
+) -> None:
+    """Refuse (403, naming the reason) unless a current certification covers this."""
     now = utcnow()
     reasons = []
-    for cert in list_certifications(session, brand_id=brand_id, facility_id=facility_id):
+    params = {"brand_id": brand_id, "facility_id": facility_id}
+    for cert in session.execute(_CERTIFICATIONS_OF, params).all():
         reason = certification_covers(cert, process, material, now)
         if not reason:
-            return cert
+            return
         reasons.append(reason)
     raise Forbidden(
         "the facility holds no current certification for this process and material",
         code=reasons[-1] if reasons else "not-certified",
     )
+
+
+def require_approved(session: Session, facility_id: str) -> str:
+    """The approved facility's proof-of-possession key thumbprint, or 403 (404 if unknown)."""
+    row = session.execute(_FACILITY_STANDING, {"facility_id": facility_id}).first()
+    if row is None:
+        raise NotFound("no such facility", code="facility-not-found")
+    if row.status != FacilityStatus.approved.value:
+        raise Forbidden(f"the facility is {row.status}", code="facility-not-approved")
+    return str(row.pop_jkt)
+
+
+_facility = Facility.__table__  # type: ignore[attr-defined]
+_certification = Certification.__table__  # type: ignore[attr-defined]
+_FACILITY_STANDING = sa.select(_facility.c.status, _facility.c.pop_jkt).where(
+    _facility.c.id == sa.bindparam("facility_id")
+)
+_CERTIFICATIONS_OF = (
+    sa.select(
+        _certification.c.status,
+        _certification.c.expires_at,
+        _certification.c.processes,
+        _certification.c.materials,
+    )
+    .where(
+        _certification.c.brand_id == sa.bindparam("brand_id"),
+        _certification.c.facility_id == sa.bindparam("facility_id"),
+    )
+    .order_by(_certification.c.created_at, _certification.c.id)
+)
 
 
 def issue_facility_token(session: Session, facility_id: str) -> str:
@@ -308,24 +358,25 @@ def verify_possession(
     htm: str,
     htu: str,
     access_token: str,
-) -> Facility:
+) -> SpentProof:
     """Check the request's DPoP proof against the facility's registered key.
 
     A stolen facility token is useless without the facility's private key.
+    Returns the proof now spent (for the caller to keep spent if it rolls back).
     """
     assert principal.facility_id is not None
-    facility = get_facility(session, principal.facility_id)
-    if facility.status != FacilityStatus.approved.value:
-        raise Forbidden(f"the facility is {facility.status}", code="facility-not-approved")
+    expected_jkt = require_approved(session, principal.facility_id)
     if not proof:
         raise Unauthorized("a DPoP proof header is required", code="dpop-missing")
+    guard = DbReplayGuard(session)
     verify_proof(
         proof,
         htm=htm,
         htu=htu,
         access_token=access_token,
-        expected_jkt=facility.pop_jkt,
-        replay_guard=DbReplayGuard(session),
+        expected_jkt=expected_jkt,
+        replay_guard=guard,
         now=utcnow(),
     )
-    return facility
+    assert guard.spent is not None
+    return guard.spent

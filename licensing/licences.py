@@ -9,25 +9,24 @@ print job and its audit leaf commit in the same transaction.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import JSON, Field, Session, SQLModel, select
 
 from inventory import catalog
-from inventory.accounts import Brand, Principal
+from inventory.accounts import Principal, reprint_allowance
 from inventory.catalog import PartStatus
 from inventory.db import UTCDateTime, new_id, utcnow
 from inventory.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
 from licensing.audit import AuditEvent, append_event
-from licensing.facilities import get_facility, require_certified
-from licensing.tokens import LicenceClaims, Signer, issue_licence, verify_licence
+from licensing.facilities import require_approved, require_certification
+from licensing.tokens import LicenceClaims, Signer, issue_licence, published_key, verify_licence
 
 SERIAL_BITS = 63
 
@@ -124,59 +123,54 @@ def issue(
     """Sign and record a licence; the facility must be certified for the part's profile."""
     if terms.expires_at <= terms.not_before:
         raise Invalid("expires_at must be after not_before", code="licence-empty-lifetime")
-    revision = catalog.get_revision(session, brand_id, terms.revision_id)
-    part = catalog.get_part(session, brand_id, revision.part_id)
-    if part.status != PartStatus.active.value:
-        raise Conflict(f"the part is {part.status}", code="part-not-active")
-    profile = catalog.current_profile(session, part)
-    if profile is None:
+    revision = catalog.licensable_revision(session, brand_id, terms.revision_id)
+    if revision.part_status != PartStatus.active.value:
+        raise Conflict(f"the part is {revision.part_status}", code="part-not-active")
+    if revision.profile is None or revision.profile_hash is None:
         raise Conflict("the part has no print profile", code="part-has-no-profile")
-    require_certified(
+    facility_jkt = require_approved(session, terms.facility_id)
+    require_certification(
         session,
         brand_id,
         terms.facility_id,
-        profile.settings["process"],
-        profile.settings["material"],
+        revision.profile["process"],
+        revision.profile["material"],
     )
-    facility = get_facility(session, terms.facility_id)
     jti = new_id("lic")
     now = utcnow()
     token = issue_licence(
         signer,
         issuer=context.issuer,
         audience=context.audience,
-        subject=facility.id,
+        subject=terms.facility_id,
         jti=jti,
         brand_id=brand_id,
-        part_id=part.id,
-        revision_id=revision.id,
+        part_id=revision.part_id,
+        revision_id=revision.revision_id,
         design_sha256=revision.sha256,
         prints=terms.prints,
-        print_profile_hash=profile.profile_hash,
-        facility_jkt=facility.pop_jkt,
+        print_profile_hash=revision.profile_hash,
+        facility_jkt=facility_jkt,
         not_before=terms.not_before,
         expires_at=terms.expires_at,
         now=now,
     )
-    brand = session.get(Brand, brand_id)
-    assert brand is not None
     licence = Licence(
         jti=jti,
         brand_id=brand_id,
-        part_id=part.id,
-        revision_id=revision.id,
-        facility_id=facility.id,
+        part_id=revision.part_id,
+        revision_id=revision.revision_id,
+        facility_id=terms.facility_id,
         order_id=terms.order_id,
         prints_total=terms.prints,
-        reprints_allowed=brand.reprints_per_licence,
-        profile_hash=profile.profile_hash,
+        reprints_allowed=reprint_allowance(session, brand_id),
+        profile_hash=revision.profile_hash,
         not_before=terms.not_before,
         expires_at=terms.expires_at,
         token=token,
         created_at=now,
     )
-    session.add(licence)
-    session.flush()
+    session.execute(_INSERT_LICENCE, licence.model_dump())
     _audit(session, "licensing:licence:issued", actor, licence, prints=terms.prints)
     return licence
 
@@ -253,39 +247,34 @@ def redeem(
     token: str,
     *,
     context: TokenContext,
-    key_lookup: Callable[[str], Ed25519PublicKey | None],
 ) -> PrintJob:
     """Count one print of a licence and create its print job, or refuse.
 
     The facility's proof of possession was verified against its registered
     key before this runs; here the licence must be bound to that same key.
+    Every statement is a prepared Core statement: this runs once per print.
     """
     now = utcnow()
     claims = verify_licence(
-        token, key_lookup=key_lookup, issuer=context.issuer, audience=context.audience, now=now
+        token,
+        key_lookup=lambda kid: published_key(session, kid, now),
+        issuer=context.issuer,
+        audience=context.audience,
+        now=now,
     )
     licence = _licence_for_claims(session, principal, jti, claims)
     _check_usable(session, licence, now)
-    counted = session.execute(
-        sa.update(Licence)
-        .where(
-            sa.column("jti") == jti,
-            sa.column("prints_used") < sa.column("prints_total"),
-            sa.column("revoked_at").is_(None),
-        )
-        .values(prints_used=sa.column("prints_used") + 1)
-    )
-    if counted.rowcount != 1:  # type: ignore[attr-defined]
+    prints_used = session.execute(_COUNT_PRINT, {"licence_jti": jti}).scalar()
+    if prints_used is None:
         raise Conflict("every print of this licence has been redeemed", code="licence-exhausted")
     job = _new_job(session, licence, now)
-    session.refresh(licence)
     _audit(
         session,
         "licensing:print:redeemed",
         f"facility:{licence.facility_id}",
         licence,
         serial=format_serial(job.serial),
-        prints_used=licence.prints_used,
+        prints_used=prints_used,
     )
     return job
 
@@ -297,13 +286,13 @@ def _licence_for_claims(
         raise BadRequest(
             "the licence presented is not the one in the path", code="licence-jti-mismatch"
         )
-    licence = session.get(Licence, jti)
-    if licence is None or licence.facility_id != principal.facility_id:
+    row = session.execute(_LICENCE_BY_JTI, {"jti": jti}).first()
+    if row is None or row.facility_id != principal.facility_id:
         raise NotFound("no such licence", code="licence-not-found")
-    facility = get_facility(session, licence.facility_id)
-    if claims.facility_id != facility.id or claims.facility_jkt != facility.pop_jkt:
+    facility_jkt = require_approved(session, row.facility_id)
+    if claims.facility_id != row.facility_id or claims.facility_jkt != facility_jkt:
         raise Forbidden("the licence is bound to another key", code="licence-key-mismatch")
-    return licence
+    return Licence(**row._mapping)
 
 
 def _check_usable(session: Session, licence: Licence, now: datetime) -> None:
@@ -311,20 +300,20 @@ def _check_usable(session: Session, licence: Licence, now: datetime) -> None:
         raise Forbidden(f"the licence was revoked: {licence.revoke_reason}", code="licence-revoked")
     if licence.expires_at <= now:
         raise Forbidden("the licence has expired", code="licence-expired")
-    part = catalog.get_part(session, licence.brand_id, licence.part_id)
-    profile = catalog.current_profile(session, part)
-    assert profile is not None
-    require_certified(
-        session,
-        licence.brand_id,
-        licence.facility_id,
-        profile.settings["process"],
-        profile.settings["material"],
+    settings = catalog.current_settings(session, licence.brand_id, licence.part_id)
+    assert settings is not None
+    require_certification(
+        session, licence.brand_id, licence.facility_id, settings["process"], settings["material"]
     )
 
 
 def _new_job(session: Session, licence: Licence, now: datetime) -> PrintJob:
-    """A print job under a fresh random 63-bit serial (the watermark payload)."""
+    """A print job under a fresh random 63-bit serial (the watermark payload).
+
+    ``INSERT … ON CONFLICT DO NOTHING``: a colliding serial (one in 2^63 per
+    job) inserts nothing and the next one is tried; no savepoint needed.
+    """
+    insert = _insert_job(session.get_bind().dialect.name)
     while True:
         job = PrintJob(
             serial=secrets.randbits(SERIAL_BITS) or 1,
@@ -335,13 +324,31 @@ def _new_job(session: Session, licence: Licence, now: datetime) -> PrintJob:
             revision_id=licence.revision_id,
             created_at=now,
         )
-        try:
-            with session.begin_nested():
-                session.add(job)
-                session.flush()
+        if session.execute(insert, job.model_dump()).first() is not None:
             return job
-        except IntegrityError:
-            continue
+
+
+_licence = Licence.__table__  # type: ignore[attr-defined]
+_job = PrintJob.__table__  # type: ignore[attr-defined]
+_INSERT_LICENCE = sa.insert(_licence)
+_LICENCE_BY_JTI = sa.select(_licence).where(_licence.c.jti == sa.bindparam("jti"))
+#: The exactly-once count: the database decides which concurrent redemption wins.
+_COUNT_PRINT = (
+    sa.update(_licence)
+    .where(
+        _licence.c.jti == sa.bindparam("licence_jti"),
+        _licence.c.prints_used < _licence.c.prints_total,
+        _licence.c.revoked_at.is_(None),
+    )
+    .values(prints_used=_licence.c.prints_used + 1)
+    .returning(_licence.c.prints_used)
+)
+
+
+@lru_cache(maxsize=4)
+def _insert_job(dialect: str) -> sa.Insert:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(_job).on_conflict_do_nothing().returning(_job.c.serial)
 
 
 def get_job(session: Session, principal: Principal, serial: int) -> PrintJob:

@@ -7,25 +7,25 @@ from typing import Any
 from litestar import Response, get, post
 from litestar.params import FromPath, JSONBody
 
-from api.auth import Auth, Svc
+from api.auth import Auth, Creds, Svc
 from api.idempotency import IdempotencyKey, in_thread, run_idempotent
 from api.schemas import LicenceIn, LicenceOut, PrintJobOut, PrintReport, RedeemIn, StatusChange
+from inventory.accounts import Principal, TokenKind
 from inventory.db import utcnow
 from licensing import licences
 from licensing.licences import JobStatus, LicenceTerms
 from licensing.orders import orders
-from licensing.tokens import current_signer, jwks, published_keys, sign_revocation_list
+from licensing.tokens import current_signer, jwks, sign_revocation_list
 
 
 @post("/v1/licences", tags=["licences"])
 async def issue_licence(
     data: JSONBody[LicenceIn],
-    brand: Auth,
+    credentials: Creds,
     services: Svc,
     idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     """Issue a signed licence for `prints` prints of a revision to a certified facility."""
-    assert brand.brand_id is not None
     terms = LicenceTerms(
         facility_id=data.facility_id,
         revision_id=data.revision_id,
@@ -34,7 +34,7 @@ async def issue_licence(
         expires_at=data.expires_at,
     )
 
-    def work(session: Any) -> LicenceOut:
+    def work(session: Any, brand: Principal) -> LicenceOut:
         signer = current_signer(session, services.keyring)
         row = licences.issue(
             session,
@@ -49,7 +49,8 @@ async def issue_licence(
     return await in_thread(
         run_idempotent,
         services,
-        scope=brand.token_id,
+        credentials=credentials,
+        kinds=(TokenKind.brand,),
         key=idempotency_key,
         method="POST",
         path="/v1/licences",
@@ -88,25 +89,23 @@ def revoke_licence(
 async def redeem_licence(
     jti: FromPath[str],
     data: JSONBody[RedeemIn],
-    facility: Auth,
+    credentials: Creds,
     services: Svc,
     idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     """Count one print (if any remain) and open its print job; the facility's
-    proof of possession was checked with its token."""
+    proof of possession is checked with its token, in the same transaction."""
 
-    def work(session: Any) -> PrintJobOut:
-        keys = published_keys(session, utcnow())
-        job = licences.redeem(
-            session, facility, jti, data.licence, context=services.tokens, key_lookup=keys.get
-        )
+    def work(session: Any, facility: Principal) -> PrintJobOut:
+        job = licences.redeem(session, facility, jti, data.licence, context=services.tokens)
         orders.on_print_redeemed(session, job)
         return PrintJobOut.of(job)
 
     return await in_thread(
         run_idempotent,
         services,
-        scope=facility.token_id,
+        credentials=credentials,
+        kinds=(TokenKind.facility,),
         key=idempotency_key,
         method="POST",
         path=f"/v1/licences/{jti}/redeem",

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from litestar import Response, delete, get, post, put
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from api.auth import Auth, Svc
+from api.auth import Auth, Creds, Svc
 from api.idempotency import IdempotencyKey, in_thread, run_idempotent
 from api.order_schemas import (
     OrderIn,
@@ -21,7 +21,7 @@ from api.order_schemas import (
     RoutingPinOut,
 )
 from api.services import Services
-from licensing.orders import idempotency
+from inventory.accounts import Principal, TokenKind
 from licensing.orders import orders as domain
 from licensing.orders.orders import LicenceIssuer, OrderRequest
 
@@ -45,14 +45,15 @@ def create_quote(data: JSONBody[QuoteIn], shop: Auth, services: Svc) -> QuoteOut
 
 @post("/v1/orders", tags=["orders"])
 async def place_order(
-    data: JSONBody[OrderIn], shop: Auth, services: Svc, idempotency_key: IdempotencyKey = None
+    data: JSONBody[OrderIn],
+    credentials: Creds,
+    services: Svc,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     """Place an order and route it at once. The Idempotency-Key header is required."""
-    assert shop.brand_id is not None
-    key = idempotency.require_key(idempotency_key)
     request = OrderRequest(data.sku, data.quantity, data.ship_to.domain(), data.shop_reference)
 
-    def work(session: Any) -> OrderOut:
+    def work(session: Any, shop: Principal) -> OrderOut:
         order = domain.place(
             session,
             issuer(services),
@@ -66,8 +67,10 @@ async def place_order(
     return await in_thread(
         run_idempotent,
         services,
-        scope=shop.token_id,
-        key=key,
+        credentials=credentials,
+        kinds=(TokenKind.shop,),
+        key=idempotency_key,
+        key_required=True,
         method="POST",
         path="/v1/orders",
         payload=data,

@@ -104,18 +104,22 @@ def _nodes_query(count: int) -> sa.Select[tuple[int, int, bytes]]:
     return sa.select(c.level, c.index, c.hash).where(sa.or_(*terms))
 
 
+_GROW_HEAD = (
+    sa.update(_head)
+    .where(_head.c.id == HEAD_ID)
+    .values(size=_head.c.size + sa.bindparam("count"))
+    .returning(_head.c.size)
+)
+_INSERT_ENTRIES = sa.insert(_entry)
+_INSERT_NODES = sa.insert(_node)
+
+
 def _reserve(session: Session, count: int) -> int:
     """Lock the head, grow it by ``count`` and return the first new index."""
-    stmt = (
-        sa.update(_head)
-        .where(_head.c.id == HEAD_ID)
-        .values(size=_head.c.size + count)
-        .returning(_head.c.size)
-    )
-    new_size = session.execute(stmt).scalar_one_or_none()
+    new_size = session.execute(_GROW_HEAD, {"count": count}).scalar_one_or_none()
     if new_size is None:
         _create_head(session)
-        new_size = session.execute(stmt).scalar_one()
+        new_size = session.execute(_GROW_HEAD, {"count": count}).scalar_one()
     return int(new_size) - count
 
 
@@ -153,8 +157,8 @@ def append_events(session: Session, events: Sequence[AuditEvent]) -> list[AuditR
         completed = tree.append(receipt.leaf_hash)
         nodes += [{"level": lv, "index": ix, "hash": h} for lv, ix, h in completed]
         receipts.append(receipt)
-    session.execute(sa.insert(_entry), entries)
-    session.execute(sa.insert(_node), nodes)
+    session.execute(_INSERT_ENTRIES, entries)
+    session.execute(_INSERT_NODES, nodes)
     return receipts
 
 

@@ -552,10 +552,16 @@ def _revoke_licence(session: Session, order: Order, reason: str, actor: str) -> 
 
 
 def on_print_redeemed(session: Session, job: PrintJob) -> None:
-    """A facility redeemed a print of an order's licence: the order is in production."""
-    order = _order_for_licence(session, job.licence_jti)
-    if order is None or order.status != S.routed:
+    """A facility redeemed a print of an order's licence: the order is in production.
+
+    Runs on every redemption, so the common case (no routed order) is one
+    prepared Core lookup.
+    """
+    params = {"jti": job.licence_jti, "status": S.routed.value}
+    order_id = session.execute(_ORDER_IN_STATUS, params).scalar()
+    if order_id is None:
         return
+    order = session.get_one(Order, order_id)
     order.status = S.in_production.value
     _save(session, order)
     _audit(session, order, "start", f"facility:{job.facility_id}", serial=f"{job.serial:016x}")
@@ -587,6 +593,12 @@ def _printed(session: Session, jti: str) -> int:
 
 def _order_for_licence(session: Session, jti: str) -> Order | None:
     return session.exec(select(Order).where(Order.licence_jti == jti)).first()
+
+
+_orders = Order.__table__  # type: ignore[attr-defined]
+_ORDER_IN_STATUS = sa.select(_orders.c.id).where(
+    _orders.c.licence_jti == sa.bindparam("jti"), _orders.c.status == sa.bindparam("status")
+)
 
 
 # --- reading -------------------------------------------------------------------

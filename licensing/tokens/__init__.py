@@ -20,6 +20,7 @@ from licensing.tokens.signing import (
     current_signer,
     ensure_signing_key,
     jwks,
+    published_key,
     published_keys,
     rotate_signing_key,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "make_proof",
     "prune_replay_cache",
     "public_jwk",
+    "published_key",
     "published_keys",
     "remember",
     "rotate_signing_key",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -65,10 +66,17 @@ def wrap_context(kid: str) -> bytes:
 class StoredKeySigner:
     """A signer for a stored key that extends the key's ``verify_until`` as it signs."""
 
-    def __init__(self, session: Session, kid: str, private_key: Ed25519PrivateKey) -> None:
+    def __init__(
+        self,
+        session: Session,
+        kid: str,
+        private_key: Ed25519PrivateKey,
+        verify_until: datetime | None = None,
+    ) -> None:
         self._session = session
         self._kid = kid
         self._key = private_key
+        self._covered = verify_until
 
     @property
     def kid(self) -> str:
@@ -76,8 +84,15 @@ class StoredKeySigner:
         return self._kid
 
     def sign(self, message: bytes, *, valid_until: datetime) -> bytes:
-        """Record that the key must verify until `valid_until`, then sign (no commit)."""
-        _extend_verify_until(self._session, self._kid, _cover(valid_until))
+        """Record that the key must verify until `valid_until`, then sign (no commit).
+
+        ``verify_until`` only ever grows, so when the value read in this
+        transaction already covers the token, no write is needed.
+        """
+        until = _cover(valid_until)
+        if self._covered is None or self._covered < until:
+            _extend_verify_until(self._session, self._kid, until)
+            self._covered = until
         return self._key.sign(message)
 
 
@@ -146,17 +161,48 @@ def rotate_signing_key(session: Session, keyring: KeyRing, *, now: datetime | No
 
 
 def current_signer(session: Session, keyring: KeyRing) -> StoredKeySigner:
-    """A signer for the current key (unwrapped through the key ring)."""
-    row = _current_row(session)
+    """A signer for the current key (unwrapped through the key ring once per process)."""
+    row = session.execute(_CURRENT_KEY).first()
     if row is None:
         raise Unavailable(
             "no licence signing key; run ensure_signing_key", code="signing-key-missing"
         )
-    seed = keyring.unwrap(row.wrapped_private_key, wrap_context(row.kid))
-    private_key = Ed25519PrivateKey.from_private_bytes(seed)
-    if key_thumbprint(private_key.public_key()) != row.kid:
+    private_key = _unwrapped(keyring, row.kid, row.wrapped_private_key)
+    return StoredKeySigner(session, row.kid, private_key, row.verify_until)
+
+
+def _unwrapped(keyring: KeyRing, kid: str, wrapped: bytes) -> Ed25519PrivateKey:
+    """The private key of `kid`, unwrapped on first use and then kept in this process.
+
+    A kid is the thumbprint of its key, so a cached key can never go stale; a
+    wrapped blob that does not match its kid is refused.
+    """
+    cached = _private_keys.get(kid)
+    if cached is not None:
+        return cached
+    private_key = Ed25519PrivateKey.from_private_bytes(keyring.unwrap(wrapped, wrap_context(kid)))
+    if key_thumbprint(private_key.public_key()) != kid:
         raise Unavailable("stored signing key does not match its kid", code="signing-key-corrupt")
-    return StoredKeySigner(session, row.kid, private_key)
+    _private_keys[kid] = private_key
+    return private_key
+
+
+def published_key(session: Session, kid: str, now: datetime) -> Ed25519PublicKey | None:
+    """The public key `kid` if it is still published at `now` (current, or retired
+    with ``verify_until`` ahead), else None. One prepared primary-key SELECT; the
+    parsed key is kept per process (a kid is its key's thumbprint)."""
+    row = session.execute(_KEY_BY_KID, {"kid": kid}).first()
+    if row is None or not (row.retired_at is None or (row.verify_until or now) > now):
+        return None
+    return _public_key(row.kid, row.public_jwk)
+
+
+@lru_cache(maxsize=64)
+def _public_key(kid: str, jwk_json: str) -> Ed25519PublicKey:
+    key = ed25519_from_jwk(json.loads(jwk_json))
+    if key_thumbprint(key) != kid:
+        raise Unavailable("stored signing key does not match its kid", code="signing-key-corrupt")
+    return key
 
 
 def published_keys(session: Session, now: datetime) -> dict[str, Ed25519PublicKey]:
@@ -190,6 +236,17 @@ def _current_row(session: Session, *, for_update: bool = False) -> LicenceSignin
     if for_update:
         statement = statement.with_for_update()
     return session.exec(statement).first()
+
+
+_keys = LicenceSigningKey.__table__  # type: ignore[attr-defined]
+_CURRENT_KEY = sa.select(_keys.c.kid, _keys.c.wrapped_private_key, _keys.c.verify_until).where(
+    _keys.c.is_current.is_(True)
+)
+_KEY_BY_KID = sa.select(
+    _keys.c.kid, _keys.c.public_jwk, _keys.c.retired_at, _keys.c.verify_until
+).where(_keys.c.kid == sa.bindparam("kid"))
+#: kid → unwrapped private key, filled by `_unwrapped`.
+_private_keys: dict[str, Ed25519PrivateKey] = {}
 
 
 def _new_row(keyring: KeyRing, now: datetime) -> LicenceSigningKey:

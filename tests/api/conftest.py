@@ -7,6 +7,7 @@ with every table emptied.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,12 +17,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from api_helpers import PROFILE, Api, Bureau, register_bureau
+from litestar import Litestar
 from litestar.testing import TestClient
 from tests_support import create_pg_database, drop_pg_database
 
-from api.app import create_app
+from api.app import build_app
 from api.bootstrap import prepare
 from api.config import Settings
+from api.logs import configure_logging
+from api.services import Services
 
 
 @pytest.fixture(scope="session")
@@ -63,11 +67,21 @@ def settings(
     yield Settings.from_env(env)
 
 
+@functools.cache
+def _app(max_json_bytes: int) -> Litestar:
+    """One app per test process: building it costs more than most tests."""
+    return build_app(max_json_bytes=max_json_bytes)
+
+
 @pytest.fixture
 def api(settings: Settings) -> Iterator[Api]:
+    """The real app on this test's own services, database and data folder."""
     admin = prepare(settings)
     assert admin is not None
-    with TestClient(app=create_app(settings)) as client:
+    configure_logging(settings.log_level)
+    app = _app(settings.max_json_bytes)
+    app.state.services = Services.from_settings(settings)
+    with TestClient(app=app) as client:
         yield Api(client=client, admin=admin, settings=settings)
 
 

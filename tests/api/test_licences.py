@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from api_helpers import register_bureau
 
 from inventory.db import utcnow
-from licensing.tokens import keys_from_jwks, verify_offline, verify_revocation_list
+from licensing.tokens import keys_from_jwks, make_proof, verify_offline, verify_revocation_list
 
 
 def _count(api, sql: str) -> int:
@@ -15,6 +15,17 @@ def _count(api, sql: str) -> int:
         value = conn.execute(sa.text(sql)).scalar_one()
     engine.dispose()
     return int(value)
+
+
+def _proof(world, path: str) -> str:
+    """One DPoP proof of the bureau for POST `path`, to send (and resend) by hand."""
+    return make_proof(
+        world.bureau.pop_key,
+        htm="POST",
+        htu=world.api.settings.public_url + path,
+        access_token=world.bureau.token,
+        now=utcnow(),
+    )
 
 
 def test_licence_is_signed_and_verifies_offline(world):
@@ -133,16 +144,7 @@ def test_facility_token_without_proof_is_refused(world):
     path = f"/v1/licences/{licence['jti']}/redeem"
     bare = world.api.call("POST", path, world.bureau.token, json={"licence": licence["token"]})
     assert bare.status_code == 401 and bare.json()["code"] == "dpop-missing"
-    from licensing.tokens import make_proof
-
-    proof = make_proof(
-        world.bureau.pop_key,
-        htm="POST",
-        htu=world.api.settings.public_url + path,
-        access_token=world.bureau.token,
-        now=utcnow(),
-    )
-    headers = {"DPoP": proof}
+    headers = {"DPoP": _proof(world, path)}
     first = world.api.call(
         "POST", path, world.bureau.token, json={"licence": licence["token"]}, headers=headers
     )
@@ -151,6 +153,20 @@ def test_facility_token_without_proof_is_refused(world):
         "POST", path, world.bureau.token, json={"licence": licence["token"]}, headers=headers
     )
     assert replay.status_code == 401 and replay.json()["code"] == "dpop-replayed"
+
+
+def test_refused_redemption_still_spends_its_proof(world):
+    """Authentication and counting share a transaction; a 409 rolls it back, but
+    the proof it presented must stay spent (no replay once a reprint is allowed)."""
+    licence = world.licence(prints=1)
+    path = f"/v1/licences/{licence['jti']}/redeem"
+    world.bureau.ok("POST", path, json={"licence": licence["token"]})
+    body, headers = {"licence": licence["token"]}, {"DPoP": _proof(world, path)}
+    refused = world.api.call("POST", path, world.bureau.token, json=body, headers=headers)
+    assert refused.status_code == 409 and refused.json()["code"] == "licence-exhausted"
+    replayed = world.api.call("POST", path, world.bureau.token, json=body, headers=headers)
+    assert replayed.status_code == 401 and replayed.json()["code"] == "dpop-replayed"
+    assert _count(world.api, "SELECT count(*) FROM print_job") == 1
 
 
 def test_other_brand_cannot_read_revoke_or_count(world):

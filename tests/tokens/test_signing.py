@@ -24,6 +24,7 @@ from licensing.tokens.signing import (
     current_signer,
     ensure_signing_key,
     jwks,
+    published_key,
     published_keys,
     rotate_signing_key,
     wrap_context,
@@ -36,9 +37,14 @@ def _issue(session: Session, keyring: Any, params: dict[str, Any], **changes: An
 
 
 def _verify(session: Session, token: str, tools: SimpleNamespace, now: datetime) -> Any:
+    """Verify as the server does (one kid at a time), after checking that this
+    per-kid lookup and the whole published set agree on every stored key."""
+    whole = published_keys(session, now)
+    for row in session.exec(select(LicenceSigningKey)).all():
+        assert (published_key(session, row.kid, now) is not None) == (row.kid in whole)
     return verify_licence(
         token,
-        key_lookup=published_keys(session, now).get,
+        key_lookup=lambda kid: published_key(session, kid, now),
         issuer=tools.ISSUER,
         audience=tools.AUDIENCE,
         now=now,
@@ -123,6 +129,31 @@ def test_signing_records_verify_until(
         assert row is not None
         assert row.verify_until == datetime(2026, 11, 23, 15, 0, tzinfo=UTC)  # 14:05 → 15:00
         assert _verify(session, token, tools, tools.NOW).kid == kid
+
+
+def test_signer_writes_verify_until_only_when_it_grows(
+    engine: Engine, keyring: Any, tools: SimpleNamespace, licence_params: dict[str, Any]
+) -> None:
+    with Session(engine) as session:
+        ensure_signing_key(session, keyring, now=tools.NOW)
+        session.commit()
+        updates: list[str] = []
+
+        def count_updates(_c: Any, _cur: Any, statement: str, *_args: Any) -> None:
+            if statement.lstrip().upper().startswith("UPDATE LICENCE_SIGNING_KEY"):
+                updates.append(statement)
+
+        sa.event.listen(engine, "before_cursor_execute", count_updates)
+        try:
+            _issue(session, keyring, licence_params)  # expires 14:00: covered to 15:00
+            _issue(session, keyring, licence_params)  # same hour: already covered
+            session.commit()
+            _issue(session, keyring, licence_params)  # a new transaction reads 15:00 back
+            _issue(session, keyring, licence_params, expires_at=tools.NOW + timedelta(hours=3))
+            session.commit()
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", count_updates)
+        assert len(updates) == 2  # the first signature and the one three hours out
 
 
 def test_rotation_keeps_old_licences_until_expiry_then_drops_the_key(
