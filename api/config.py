@@ -53,6 +53,11 @@ SETTINGS: dict[str, Setting] = {
         "external base URL (licence issuer, proof htu)",
         lambda d: "http://127.0.0.1:8000",
     ),
+    "database_pool_size": Setting(
+        "PARTVAULT_DATABASE_POOL_SIZE",
+        "PostgreSQL connections kept per server process (up to twice as many in bursts)",
+        lambda d: "5",
+    ),
     "max_upload_bytes": Setting(
         "PARTVAULT_MAX_UPLOAD_BYTES", "largest design upload", lambda d: str(100 * 1000 * 1000)
     ),
@@ -88,6 +93,7 @@ SETTINGS: dict[str, Setting] = {
 INT_SETTINGS = {
     "port",
     "workers",
+    "database_pool_size",
     "max_upload_bytes",
     "max_triangles",
     "max_json_bytes",
@@ -109,6 +115,7 @@ class Settings:
     port: int
     workers: int
     public_url: str
+    database_pool_size: int
     max_upload_bytes: int
     max_triangles: int
     max_json_bytes: int

@@ -182,8 +182,9 @@ def authenticate(session: Session, token: str) -> Principal:
     if row.revoked_at is not None:
         raise Unauthorized("this API token was revoked", code="token-revoked")
     now = utcnow()
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_GRANULARITY:
-        session.execute(_TOUCH_TOKEN, {"token_id": row.id, "now": now})
+    stale_before = now - LAST_USED_GRANULARITY
+    if row.last_used_at is None or row.last_used_at < stale_before:
+        session.execute(_TOUCH_TOKEN, {"token_id": row.id, "now": now, "stale": stale_before})
     return Principal(TokenKind(row.kind), row.id, row.brand_id, row.facility_id)
 
 
@@ -201,9 +202,14 @@ _TOKEN_BY_HASH = sa.select(
     _tokens.c.last_used_at,
     _tokens.c.revoked_at,
 ).where(_tokens.c.token_hash == sa.bindparam("digest"))
+#: Conditional, so that concurrent requests that all read a stale stamp write it
+#: once: the others wait for that one row lock, re-check, and update nothing.
 _TOUCH_TOKEN = (
     sa.update(_tokens)
-    .where(_tokens.c.id == sa.bindparam("token_id"))
+    .where(
+        _tokens.c.id == sa.bindparam("token_id"),
+        sa.or_(_tokens.c.last_used_at.is_(None), _tokens.c.last_used_at < sa.bindparam("stale")),
+    )
     .values(last_used_at=sa.bindparam("now"))
 )
 

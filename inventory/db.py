@@ -58,8 +58,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def make_engine(url: str, **kwargs: Any) -> sa.Engine:
+def make_engine(url: str, *, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
     """An engine with the per-backend settings partvault relies on.
+
+    PostgreSQL: `pool_size` connections kept open, as many again opened in a
+    burst (each server process has its own pool, so PostgreSQL's
+    ``max_connections`` must cover workers × 2 × `pool_size`), checked with a
+    ping before use.
 
     SQLite: WAL, foreign keys on, a generous busy timeout, connections usable
     from the worker threads that run blocking handlers, and every transaction
@@ -73,7 +78,7 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
         sa.event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(url, **kwargs)
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, **kwargs)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

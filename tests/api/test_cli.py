@@ -125,3 +125,35 @@ def test_bad_integer_setting_is_refused(tmp_path):
         text=True,
     )
     assert result.returncode != 0 and "PARTVAULT_PORT" in result.stderr
+
+
+def test_database_pool_size_bounds_postgresql_connections_per_process(tmp_path):
+    import sqlalchemy as sa
+    from tests_support import create_pg_database, drop_pg_database
+
+    from api.config import Settings
+    from api.services import Services
+    from inventory.db import make_engine
+
+    url = create_pg_database()
+    env = {"PARTVAULT_DATA_DIR": str(tmp_path), "PARTVAULT_DATABASE_URL": url}
+    services = Services.from_settings(
+        Settings.from_env(env | {"PARTVAULT_DATABASE_POOL_SIZE": "2"})
+    )
+    engine = make_engine(url, pool_size=2, pool_timeout=0.2)
+    held = []
+    try:
+        assert services.engine.pool.size() == 2  # type: ignore[attr-defined]
+        held = [engine.connect() for _ in range(4)]  # 2 kept + 2 in a burst
+        try:
+            engine.connect()
+        except sa.exc.TimeoutError:
+            pass
+        else:
+            raise AssertionError("a fifth connection was opened past twice the pool size")
+    finally:
+        for conn in held:
+            conn.close()
+        engine.dispose()
+        services.close()
+        drop_pg_database(url)

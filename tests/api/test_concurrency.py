@@ -234,7 +234,11 @@ def test_200_concurrent_redemptions_count_exactly_37(server: Server, meshes_dir:
         headers = [_facility_headers(server, setup, "POST", path) for _ in range(ATTEMPTS)]
 
         def redeem(h: dict[str, str]) -> httpx.Response:
-            return client.post(path, json=body, headers=h)
+            try:
+                return client.post(path, json=body, headers=h)
+            except httpx.TransportError as exc:
+                log = server.stderr.read_text()[-3000:]
+                raise AssertionError(f"{exc!r}; server log:\n{log}") from exc
 
         with ThreadPoolExecutor(CLIENT_THREADS) as pool:
             responses = list(pool.map(redeem, headers))
