@@ -17,6 +17,7 @@ from litestar import Litestar
 
 from api.services import Services
 from licensing.orders.dispatcher import Dispatcher, RetrySchedule
+from licensing.orders.egress import public_only_client
 
 LEASE_PER_TIMEOUT = 6  # a lease outlasts the four HTTP timeout phases with room to spare
 
@@ -34,6 +35,13 @@ def make_dispatcher(services: Services, http: httpx.Client) -> Dispatcher:
     )
 
 
+def webhook_client(allow_internal: bool) -> httpx.Client:
+    """The dispatcher's HTTP client: public addresses only, unless the operator
+    allows internal receivers (``PARTVAULT_WEBHOOK_ALLOW_HTTP``, development and tests)."""
+    headers = {"user-agent": "partvault-webhooks/1"}
+    return httpx.Client(headers=headers) if allow_internal else public_only_client(headers=headers)
+
+
 class DispatcherTask:
     """Starts `Dispatcher.run_forever` on startup and stops it on shutdown."""
 
@@ -47,7 +55,7 @@ class DispatcherTask:
         if not self.services.settings.webhook_dispatcher:
             return
         self.stop_event = asyncio.Event()
-        self.http = httpx.Client(headers={"user-agent": "partvault-webhooks/1"})
+        self.http = webhook_client(self.services.settings.webhook_allow_http)
         dispatcher = make_dispatcher(self.services, self.http)
         interval = self.services.settings.webhook_poll_interval
         self.task = asyncio.create_task(dispatcher.run_forever(self.stop_event, interval))

@@ -63,7 +63,7 @@ def make_engine(url: str, *, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
 
     PostgreSQL: `pool_size` connections kept open, as many again opened in a
     burst (each server process has its own pool, so PostgreSQL's
-    ``max_connections`` must cover workers × 2 × `pool_size`), checked with a
+    ``max_connections`` must cover workers x 2 x `pool_size`), checked with a
     ping before use.
 
     SQLite: WAL, foreign keys on, a generous busy timeout, connections usable

@@ -189,8 +189,8 @@ def _context(endpoint_id: str) -> bytes:
 def _check_url(url: str, allow_http: bool) -> None:
     """https only, and no literal internal address (unless `allow_http`, for dev/tests).
 
-    Host names that resolve to internal addresses are not caught here; see
-    docs/webhooks.md (egress filtering is an operations control).
+    Host names that resolve to internal addresses are refused at connect time
+    by `licensing.orders.egress.PublicOnlyBackend`.
     """
     parts = urlsplit(url)
     schemes = {"https", "http"} if allow_http else {"https"}

@@ -27,6 +27,7 @@ from sqlmodel import Session, select
 from inventory.crypto.local_keyring import LocalKeyRing
 from inventory.db import utcnow
 from licensing.orders.dispatcher import Dispatcher, RetrySchedule
+from licensing.orders.egress import public_only_client
 from licensing.orders.webhooks import (
     WebhookDeliveryLog,
     WebhookEndpoint,
@@ -375,3 +376,31 @@ def test_history_purge_keeps_open_messages(
         s.commit()
         left = list(s.exec(select(WebhookOutbox)))
     assert [r.status for r in left] == ["pending"]
+
+
+def test_guarded_dispatcher_never_reaches_an_internal_receiver(
+    engine: Engine, keyring: LocalKeyRing, receiver: Receiver, clock: Clock
+) -> None:
+    """The production client resolves each host itself: a name (or a literal
+    registered in development mode) that leads to 127.0.0.1 is never dialled."""
+    literal = endpoint(engine, keyring, receiver, "tok_g", "/hook")
+    (msg,) = emit(engine, "tok_g")
+    port = receiver.base_url.rsplit(":", 1)[1]
+    with Session(engine) as s:
+        row, _ = create_endpoint(
+            s, keyring, "shop", "tok_n", f"http://hooks.example:{port}/hook", allow_http=True
+        )
+        named = row.id
+        s.commit()
+    (named_msg,) = emit(engine, "tok_n")
+    rebinding = {"hooks.example": ["93.184.216.34", "127.0.0.1"]}
+    with public_only_client(resolver=lambda host, _port: rebinding.get(host) or [host]) as http:
+        drain(dispatcher(engine, http, keyring, clock))
+    assert receiver.hits == []
+    for msg_id, ep in ((msg, literal), (named_msg, named)):
+        row = outbox(engine, msg_id)
+        assert row.attempts == 1 and row.status != "delivered"
+        assert row.last_error is not None and "not a public address" in row.last_error
+        with Session(engine) as s:
+            (attempt,) = list_deliveries(s, ep)
+            assert attempt.status_code is None
