@@ -18,17 +18,16 @@ import trimesh  # noqa: E402
 
 from watermark import derive_brand_key, detect, embed  # noqa: E402
 from watermark.attacks import ATTACKS  # noqa: E402
-from watermark.core import Surface, _refined, analyse, raw_ber  # noqa: E402
+from watermark.core import Embedding, analyse, embedding, raw_ber  # noqa: E402
 
 SERIAL = 0x0123456789ABCDEF
 KEY = derive_brand_key(b"bench-master-secret", "bench-brand")
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "meshes"
 
 
-def displacement(mesh: trimesh.Trimesh, marked: trimesh.Trimesh) -> tuple[float, float]:
+def displacement(mesh: trimesh.Trimesh, made: Embedding) -> tuple[float, float]:
     """Exact max and RMS vertex displacement (% of the diagonal) against the refined original."""
-    frame = Surface.of(mesh).frames(strict=True)[0]
-    moved = np.linalg.norm(marked.vertices - _refined(mesh, frame).vertices, axis=1)
+    moved = np.linalg.norm(made.marked.vertices - made.refined.vertices, axis=1)
     diagonal = float(np.linalg.norm(mesh.extents))
     return 100 * moved.max() / diagonal, 100 * float(np.sqrt((moved**2).mean())) / diagonal
 
@@ -38,8 +37,9 @@ def robustness(folder: Path, start: str = "") -> None:
     print("mesh".ljust(24), "max%  rms%  ", " ".join(n[:9].rjust(9) for n in ["none", *names]))
     for path in sorted(p for p in folder.iterdir() if p.name >= start):
         mesh = trimesh.load(path, force="mesh")
-        marked = embed(mesh, SERIAL, KEY)
-        peak, rms = displacement(mesh, marked)
+        made = embedding(mesh, SERIAL, KEY)
+        marked = made.marked
+        peak, rms = displacement(mesh, made)
         cells = []
         for attacked in [marked, *(ATTACKS[n](marked) for n in names)]:
             result, soft = analyse(attacked, KEY)

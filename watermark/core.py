@@ -12,7 +12,7 @@ from scipy.stats import binom
 
 from watermark import ecc
 from watermark.frame import Frame, candidate_frames, hull_triangles, robust_areas
-from watermark.pattern import CELL, Grid, chips, soft_bits
+from watermark.pattern import CELL, Grid, chips, soft_bits, soft_reads
 from watermark.refine import refine
 
 FloatArray = NDArray[np.float64]
@@ -23,6 +23,7 @@ PRESCREEN_SAMPLES = 8_000
 PRESCREEN_KEEP = 24
 PRESCREEN_FROM = 128  # candidates; measured: the torus (100) loses its frame when prescreened
 DECODE_CANDIDATES = 3
+READS = 2  # per decoded frame: see ``soft_reads``
 P_THRESHOLD = 1e-9
 RMS_FRACTION = 0.00011  # of the bounding-box diagonal (budget 0.012 %)
 MAX_FRACTION = 0.00045  # of the diagonal (budget 0.05 %)
@@ -48,12 +49,11 @@ class Detection:
 class Surface:
     """What detection reads from a mesh: convex hull and area-uniform surface samples.
 
-    Samples carry the raw normal of their face (for orientation) and a
-    ring-smoothed normal (for reading the mark, robust to vertex noise).
+    The hull gives the pose; samples carry a ring-smoothed normal (for reading
+    the mark, robust to vertex noise).
     """
 
     hull: FloatArray
-    face_normals: FloatArray
     points: FloatArray
     point_normals: FloatArray
 
@@ -62,16 +62,12 @@ class Surface:
         vertices = np.asarray(mesh.vertices, dtype=np.float64)
         faces = np.asarray(mesh.faces, dtype=np.int64)
         area, normal = robust_areas(vertices, faces)
-        triangles = vertices[faces]
         face, bary = _stratified(area, count)
-        tri = triangles[face]
-        points = np.einsum("nk,nkj->nj", bary, tri)
-        cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-        face_normals = cross / np.maximum(np.linalg.norm(cross, axis=1), 1e-300)[:, None]
-        return cls(hull_triangles(vertices), face_normals, points, normal[face])
+        points = np.einsum("nk,nkj->nj", bary, vertices[faces[face]])
+        return cls(hull_triangles(vertices), points, normal[face])
 
     def frames(self, strict: bool) -> list[Frame]:
-        return candidate_frames(self.hull, self.face_normals, strict)
+        return candidate_frames(self.hull, strict)
 
 
 def _stratified(area: FloatArray, count: int) -> tuple[NDArray[np.int64], FloatArray]:
@@ -113,26 +109,46 @@ def _bbox_limited(vertices: FloatArray, margin: float) -> NDArray[np.bool_]:
     return np.asarray(((vertices - low < margin) | (high - vertices < margin)).any(1))
 
 
+@dataclass(frozen=True)
+class Embedding:
+    """A marked mesh and the refined, unmarked mesh it was made from.
+
+    Both share vertex order and faces, so the distortion can be measured
+    vertex by vertex without refining again.
+    """
+
+    refined: trimesh.Trimesh
+    marked: trimesh.Trimesh
+
+
 def embed(
     mesh: trimesh.Trimesh, payload: int, key: bytes, *, unit_to_mm: float = 1.0
 ) -> trimesh.Trimesh:
     """Return a refined copy of ``mesh`` carrying ``payload`` (a 64-bit serial) under ``key``."""
+    return embedding(mesh, payload, key, unit_to_mm=unit_to_mm).marked
+
+
+def embedding(
+    mesh: trimesh.Trimesh, payload: int, key: bytes, *, unit_to_mm: float = 1.0
+) -> Embedding:
+    """`embed`, also returning the refined original the mark was added to."""
     frame = Surface.of(mesh).frames(strict=True)[0]
-    marked = _refined(mesh, frame)
-    vertices = np.asarray(marked.vertices)
+    refined = _refined(mesh, frame)
+    vertices = np.asarray(refined.vertices)
     grid = Grid.from_key(key)
     bit, sign, chi, _ = chips(grid, grid.coords(frame.to_local(vertices)))
     symbols = 1.0 - 2.0 * ecc.encode(payload, key)
     alpha, limit = _amplitude(float(np.linalg.norm(mesh.extents)), unit_to_mm)
     shift = alpha * sign * chi * symbols[bit]
-    weights = _vertex_areas(marked)
+    weights = _vertex_areas(refined)
     shift -= float(weights @ shift) / float(weights.sum())
     shift = np.clip(shift, -limit, limit)
     bbox_limit = BBOX_MM / unit_to_mm
     edge = _bbox_limited(vertices, limit)
     shift[edge] = np.clip(shift[edge], -bbox_limit, bbox_limit)
-    moved = vertices + shift[:, None] * np.asarray(marked.vertex_normals)
-    return trimesh.Trimesh(moved, np.asarray(marked.faces), process=False)
+    moved = vertices + shift[:, None] * np.asarray(refined.vertex_normals)
+    marked = trimesh.Trimesh(moved, np.asarray(refined.faces), process=False)
+    return Embedding(refined, marked)
 
 
 def _vertex_areas(mesh: trimesh.Trimesh) -> FloatArray:
@@ -156,7 +172,11 @@ def _bit_errors(soft: FloatArray, serial: int, key: bytes) -> int:
 def _energies(
     grid: Grid, frames: list[Frame], points: FloatArray, normals: FloatArray, count: int
 ) -> FloatArray:
-    """Mark energy of each candidate frame, read on about ``count`` of the samples."""
+    """Mark energy of each candidate frame, read on about ``count`` of the samples.
+
+    Screening reads with the plane host only (``soft_bits``): it is faster,
+    and the ranking only has to put the right frame among the few decoded.
+    """
     step = slice(0, None, max(1, len(points) // count))
     sub_points, sub_normals = points[step], normals[step]
     return np.array(
@@ -189,26 +209,34 @@ def detect(mesh: trimesh.Trimesh, key: bytes) -> Detection:
 
 
 def analyse(mesh: trimesh.Trimesh, key: bytes) -> tuple[Detection, FloatArray]:
-    """``detect``, plus the soft coded bits it decided on (for evaluation)."""
+    """``detect``, plus the soft coded bits it decided on (for evaluation).
+
+    The best ``DECODE_CANDIDATES`` frames are read twice (``soft_reads``);
+    every read decoded counts in the p-value.
+    """
     surface = Surface.of(mesh)
     points, normals = surface.points, surface.point_normals
     grid = Grid.from_key(key)
     frames = _ranked_frames(grid, surface.frames(strict=False), points, normals)
-    tried = min(DECODE_CANDIDATES, len(frames))
+    frames = frames[:DECODE_CANDIDATES]
+    tried = READS * len(frames)
     outcomes = []
-    for frame in frames[:tried]:
-        soft = soft_bits(grid, frame.to_local(points), frame.rotate(normals))
-        serial, valid = ecc.decode(soft, key)
-        errors = _bit_errors(soft, serial, key)
-        p_value = _p_value(errors, tried) if valid else 1.0
-        found = valid and p_value <= P_THRESHOLD
-        result = Detection(
-            found, serial if found else None, p_value, errors, errors / ecc.CODED_BITS
-        )
-        if found:
-            return result, soft
-        outcomes.append((result, soft))
+    for frame in frames:
+        for soft in soft_reads(grid, frame.to_local(points), frame.rotate(normals)):
+            result = _decision(soft, key, tried)
+            if result.found:
+                return result, soft
+            outcomes.append((result, soft))
     return min(outcomes, key=lambda pair: pair[0].bit_errors)
+
+
+def _decision(soft: FloatArray, key: bytes, tried: int) -> Detection:
+    """Decode one read: a serial only with a valid check and ``p_value <= P_THRESHOLD``."""
+    serial, valid = ecc.decode(soft, key)
+    errors = _bit_errors(soft, serial, key)
+    p_value = _p_value(errors, tried) if valid else 1.0
+    found = valid and p_value <= P_THRESHOLD
+    return Detection(found, serial if found else None, p_value, errors, errors / ecc.CODED_BITS)
 
 
 def raw_ber(soft: FloatArray, key: bytes, serial: int) -> float:

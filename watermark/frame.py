@@ -2,12 +2,12 @@
 
 Centre, scale and principal axes come from the exact area-weighted surface
 moments of the convex hull: they do not depend on the tessellation, and noise,
-thin triangles or remeshing barely move them.  The orientation comes from the
-principal axes of that surface; where two or three
+thin triangles or remeshing barely move them.  The orientation comes from
+the principal axes of that surface; where two or three
 principal moments coincide (cylinders, tori, square plates, cubes) the axes are
 not defined by the second moments, and the free rotation about the
-well-defined axis is fixed by the phase of the strongest angular harmonic
-``sum r^m e^{i m theta}`` of surface samples, up to its m-fold ambiguity.  The
+well-defined axis is fixed by the phase of the strongest angular harmonic of
+the hull's facet normals (area-weighted), up to its m-fold ambiguity.  The
 embedder uses the first candidate; the detector tries all of them.
 """
 
@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from scipy.spatial import ConvexHull
 
 FloatArray = NDArray[np.float64]
+Facets = tuple[FloatArray, FloatArray]  # hull facet areas (n,) and unit normals (n, 3)
 
 GAP = 0.02  # relative gap between principal moments below which axes are ambiguous
 MAX_HARMONIC = 64
@@ -84,16 +85,21 @@ def _basis(axis: FloatArray) -> tuple[FloatArray, FloatArray]:
     return b1, np.cross(axis, b1)
 
 
-def _harmonics(normals: FloatArray, axis: FloatArray) -> tuple[FloatArray, FloatArray]:
+def _harmonics(
+    normals: FloatArray, area: FloatArray, axis: FloatArray
+) -> tuple[FloatArray, FloatArray]:
     """Strength (0..1) and phase of angular harmonics m = 2..MAX of normals about ``axis``.
 
-    The normals are those of area-uniform surface samples, so this is the
-    angular spectrum of the extended Gaussian image: a tessellated cylinder,
-    torus or plate has its flat facets at a few discrete azimuths.
+    The normals and areas are those of the convex hull's facets, so this is the
+    angular spectrum of the hull's extended Gaussian image: a tessellated
+    cylinder, torus or plate has its flat facets at a few discrete azimuths.
+    Hull facets are large and span the whole part, so noise, quantisation and
+    smoothing, which tilt the normals of the small triangles of a dense mesh
+    at random (or towards the quantisation grid), barely move this phase.
     """
     b1, b2 = _basis(axis)
     z = normals @ b1 + 1j * (normals @ b2)
-    weight = np.abs(z) ** 2
+    weight = area * np.abs(z) ** 2
     unit = z / np.maximum(np.abs(z), 1e-300)
     power = unit.copy()
     moments = []
@@ -101,7 +107,7 @@ def _harmonics(normals: FloatArray, axis: FloatArray) -> tuple[FloatArray, Float
         power *= unit
         moments.append(weight @ power)
     stacked = np.array(moments)
-    return np.abs(stacked) / weight.sum(), np.angle(stacked)
+    return np.abs(stacked) / max(float(weight.sum()), 1e-300), np.angle(stacked)
 
 
 def _orders(strength: FloatArray, count: int) -> list[int]:
@@ -118,9 +124,9 @@ def _orders(strength: FloatArray, count: int) -> list[int]:
     return picked
 
 
-def _frames_about(axis: FloatArray, normals: FloatArray, n_orders: int) -> list[FloatArray]:
+def _frames_about(axis: FloatArray, facets: Facets, n_orders: int) -> list[FloatArray]:
     """Rotations whose third row is ``axis`` and whose first row sits at a harmonic's phase."""
-    strength, phase = _harmonics(normals, axis)
+    strength, phase = _harmonics(facets[1], facets[0], axis)
     b1, b2 = _basis(axis)
     out = []
     for m in _orders(strength, n_orders):
@@ -163,8 +169,8 @@ def hull_triangles(vertices: FloatArray) -> FloatArray:
     return np.asarray(vertices[ConvexHull(vertices).simplices], dtype=np.float64)
 
 
-def candidate_frames(hull: FloatArray, normals: FloatArray, strict: bool) -> list[Frame]:
-    """Candidate canonical frames from the hull triangles and surface sample normals.
+def candidate_frames(hull: FloatArray, strict: bool) -> list[Frame]:
+    """Candidate canonical frames from the convex hull's triangles.
 
     ``strict`` gives only the embedder's family (its first member is used); the
     detector's wider tolerances cover shapes near a degeneracy threshold.
@@ -178,10 +184,12 @@ def candidate_frames(hull: FloatArray, normals: FloatArray, strict: bool) -> lis
     gaps = ((values[0] - values[1]) / values[0], (values[1] - values[2]) / values[0])
     families: dict[str, Callable[[], list[FloatArray]]] = {
         "pca": lambda: _pca_frames(axes),
-        "axis3": lambda: _about_both(axes[:, 2], normals, 1 if strict else 2),
-        "axis1": lambda: _about_both(axes[:, 0], normals, 1 if strict else 2),
+        "axis3": lambda: _about_both(axes[:, 2], (area, normal), 1 if strict else 2),
+        "axis1": lambda: _about_both(axes[:, 0], (area, normal), 1 if strict else 2),
         "normals": lambda: [
-            r for n in _dominant_normals(area, normal, 6) for r in _frames_about(n, normals, 1)
+            r
+            for n in _dominant_normals(area, normal, 6)
+            for r in _frames_about(n, (area, normal), 1)
         ],
     }
     chosen = [_family(gaps, GAP, GAP)]
@@ -192,8 +200,8 @@ def candidate_frames(hull: FloatArray, normals: FloatArray, strict: bool) -> lis
     return [Frame(centre, scale, rot) for rot in rotations]
 
 
-def _about_both(axis: FloatArray, normals: FloatArray, n_orders: int) -> list[FloatArray]:
-    return _frames_about(axis, normals, n_orders) + _frames_about(-axis, normals, n_orders)
+def _about_both(axis: FloatArray, facets: Facets, n_orders: int) -> list[FloatArray]:
+    return _frames_about(axis, facets, n_orders) + _frames_about(-axis, facets, n_orders)
 
 
 def _family(gaps: tuple[float, float], low: float, high: float) -> str:
