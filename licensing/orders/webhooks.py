@@ -21,7 +21,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -35,6 +34,7 @@ from sqlmodel import Field, Session, SQLModel, select
 from inventory.crypto.keyring import KeyRing
 from inventory.db import UTCDateTime, new_id, utcnow
 from inventory.errors import BadRequest, Invalid, NotFound, Unauthorized
+from licensing.orders.egress import is_public
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
 SECRET_BYTES = 32
@@ -201,13 +201,13 @@ def _check_url(url: str, allow_http: bool) -> None:
 
 
 def _is_internal(host: str) -> bool:
+    """An internal name, or a literal address the dispatcher would refuse to dial."""
     if host == "localhost" or host.endswith((".localhost", ".internal", ".local")):
         return True
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+        return not is_public(host)
+    except ValueError:  # a host name: vetted when the dispatcher connects
         return False
-    return not address.is_global
 
 
 def _check_event_types(event_types: Iterable[str]) -> list[str]:
