@@ -21,7 +21,6 @@ from licensing.tokens.signing import (
     ensure_signing_key,
     jwks,
     published_key,
-    published_keys,
     rotate_signing_key,
 )
 from licensing.tokens.thumbprint import jwk_thumbprint, key_thumbprint, public_jwk
@@ -47,7 +46,6 @@ __all__ = [
     "prune_replay_cache",
     "public_jwk",
     "published_key",
-    "published_keys",
     "remember",
     "rotate_signing_key",
     "sign_revocation_list",

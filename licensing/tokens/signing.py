@@ -181,34 +181,30 @@ def _unwrapped(keyring: KeyRing, kid: str, wrapped: bytes) -> Ed25519PrivateKey:
     if cached is not None:
         return cached
     private_key = Ed25519PrivateKey.from_private_bytes(keyring.unwrap(wrapped, wrap_context(kid)))
-    if key_thumbprint(private_key.public_key()) != kid:
-        raise Unavailable("stored signing key does not match its kid", code="signing-key-corrupt")
+    _require_kid(private_key.public_key(), kid)
     _private_keys[kid] = private_key
     return private_key
 
 
 def published_key(session: Session, kid: str, now: datetime) -> Ed25519PublicKey | None:
-    """The public key `kid` if it is still published at `now` (current, or retired
-    with ``verify_until`` ahead), else None. One prepared primary-key SELECT; the
-    parsed key is kept per process (a kid is its key's thumbprint)."""
-    row = session.execute(_KEY_BY_KID, {"kid": kid}).first()
-    if row is None or not (row.retired_at is None or (row.verify_until or now) > now):
-        return None
-    return _public_key(row.kid, row.public_jwk)
+    """The public key `kid` if it is in the JWKS at `now` (the same rule as `jwks`),
+    else None. One prepared primary-key SELECT; the parsed key is kept per
+    process (a kid is its key's thumbprint)."""
+    row = session.execute(_PUBLISHED_BY_KID, {"kid": kid, "now": now}).first()
+    return None if row is None else _public_key(row.kid, row.public_jwk)
 
 
 @lru_cache(maxsize=64)
 def _public_key(kid: str, jwk_json: str) -> Ed25519PublicKey:
     key = ed25519_from_jwk(json.loads(jwk_json))
-    if key_thumbprint(key) != kid:
-        raise Unavailable("stored signing key does not match its kid", code="signing-key-corrupt")
+    _require_kid(key, kid)
     return key
 
 
-def published_keys(session: Session, now: datetime) -> dict[str, Ed25519PublicKey]:
-    """kid → public key for every key still needed to verify tokens at `now`."""
-    rows = _published(session, now)
-    return {row.kid: ed25519_from_jwk(json.loads(row.public_jwk)) for row in rows}
+def _require_kid(public_key: Ed25519PublicKey, kid: str) -> None:
+    """A stored key must be the key its kid (its RFC 7638 thumbprint) names."""
+    if key_thumbprint(public_key) != kid:
+        raise Unavailable("stored signing key does not match its kid", code="signing-key-corrupt")
 
 
 def jwks(session: Session, now: datetime) -> dict[str, Any]:
@@ -222,12 +218,9 @@ def jwks(session: Session, now: datetime) -> dict[str, Any]:
 
 def _published(session: Session, now: datetime) -> list[LicenceSigningKey]:
     """The current key and retired keys whose ``verify_until`` is still ahead."""
-    still_needed = sa.or_(
-        col(LicenceSigningKey.retired_at).is_(None),
-        col(LicenceSigningKey.verify_until) > now,
-    )
     order = (col(LicenceSigningKey.is_current).is_(None), col(LicenceSigningKey.created_at).desc())
-    return list(session.exec(select(LicenceSigningKey).where(still_needed).order_by(*order)))
+    statement = select(LicenceSigningKey).where(_STILL_PUBLISHED).order_by(*order)
+    return list(session.exec(statement, params={"now": now}))
 
 
 def _current_row(session: Session, *, for_update: bool = False) -> LicenceSigningKey | None:
@@ -242,9 +235,11 @@ _keys = LicenceSigningKey.__table__  # type: ignore[attr-defined]
 _CURRENT_KEY = sa.select(_keys.c.kid, _keys.c.wrapped_private_key, _keys.c.verify_until).where(
     _keys.c.is_current.is_(True)
 )
-_KEY_BY_KID = sa.select(
-    _keys.c.kid, _keys.c.public_jwk, _keys.c.retired_at, _keys.c.verify_until
-).where(_keys.c.kid == sa.bindparam("kid"))
+#: The publication rule: the current key, and retired keys still needed at ``:now``.
+_STILL_PUBLISHED = sa.or_(_keys.c.retired_at.is_(None), _keys.c.verify_until > sa.bindparam("now"))
+_PUBLISHED_BY_KID = sa.select(_keys.c.kid, _keys.c.public_jwk).where(
+    _keys.c.kid == sa.bindparam("kid"), _STILL_PUBLISHED
+)
 #: kid → unwrapped private key, filled by `_unwrapped`.
 _private_keys: dict[str, Ed25519PrivateKey] = {}
 

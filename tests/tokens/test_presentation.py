@@ -14,7 +14,7 @@ from licensing.tokens.dpop import make_proof
 from licensing.tokens.licence import issue_licence
 from licensing.tokens.presentation import verify_presentation
 from licensing.tokens.replay import DbReplayGuard
-from licensing.tokens.signing import current_signer, ensure_signing_key, published_keys
+from licensing.tokens.signing import current_signer, ensure_signing_key, published_key
 from licensing.tokens.thumbprint import key_thumbprint
 
 HTU = "https://api.partvault.example/v1/licences/lic_0123456789/redeem"
@@ -24,7 +24,7 @@ HTU = "https://api.partvault.example/v1/licences/lic_0123456789/redeem"
 def present(facility_key: Ed25519PrivateKey, tools: SimpleNamespace) -> Any:
     def run(session: Session, licence: str, proof: str, **overrides: Any) -> Any:
         options = {
-            "key_lookup": published_keys(session, tools.NOW).get,
+            "key_lookup": lambda kid: published_key(session, kid, tools.NOW),
             "issuer": tools.ISSUER,
             "audience": tools.AUDIENCE,
             "facility_id": "fac_0123",
