@@ -241,5 +241,4 @@ def _decision(soft: FloatArray, key: bytes, tried: int) -> Detection:
 
 def raw_ber(soft: FloatArray, key: bytes, serial: int) -> float:
     """Bit error rate before error correction against the known codeword."""
-    expected = 1.0 - 2.0 * ecc.encode(serial, key)
-    return float((np.sign(soft) != expected).mean())
+    return _bit_errors(soft, serial, key) / ecc.CODED_BITS
