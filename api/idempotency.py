@@ -3,14 +3,15 @@
 The caller is authorized and the key claimed in one transaction (so
 concurrent retries see it in flight), the work and the stored response commit
 together, and a client error is stored and replayed like a success; a server
-error releases the key. Without a key, authorization and work are one
-transaction (one thread hop, one commit: the hot path of issuance and
-redemption).
+error releases the key. Without a key (where one is optional), authorization
+and work join the process's group commit (`api.groupcommit`): the hot path of
+issuance and redemption.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
@@ -20,14 +21,14 @@ from litestar import Response
 from litestar.params import HeaderParameter
 from sqlmodel import Session
 
-from api.auth import Authorized, Credentials, authorize
+from api.auth import Credentials, authorize
+from api.groupcommit import Request, run_grouped
 from api.problems import PROBLEM_MEDIA_TYPE, problem_body
 from api.services import Services
 from inventory.accounts import Principal, TokenKind
 from inventory.errors import PartvaultError
 from licensing.orders import idempotency
 from licensing.orders.idempotency import Replay
-from licensing.tokens.replay import keep_spent
 
 REPLAY_HEADER = "idempotent-replayed"
 #: The optional ``Idempotency-Key`` request header.
@@ -40,63 +41,53 @@ async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await anyio.to_thread.run_sync(partial(function, *args, **kwargs))
 
 
-def run_idempotent(
-    services: Services,
-    *,
-    credentials: Credentials,
-    kinds: Collection[TokenKind],
-    key: str | None,
-    method: str,
-    path: str,
-    payload: Any,
-    status_code: int,
-    work: Callable[[Session, Principal], Any],
-    key_required: bool = False,
-) -> Response[bytes]:
-    """Authorize the caller, then run `work` once per (token, key); replay its stored
-    response afterwards. Without a key, authorization and work share one transaction."""
-    if key is None and not key_required:
-        return _run_once(services, credentials, kinds, work, status_code)
-    fingerprint = idempotency.fingerprint(method, path, msgspec.json.encode(payload))
+@dataclass(frozen=True)
+class CreatingPost:
+    """A creating POST as a route hands it over: who calls, which roles may, the
+    Idempotency-Key (if any), the request as fingerprinted, and the work."""
+
+    credentials: Credentials
+    kinds: Collection[TokenKind]
+    key: str | None
+    path: str
+    payload: Any
+    work: Callable[[Session, Principal], Any]
+    status_code: int = 201
+    key_required: bool = False
+    method: str = "POST"
+
+
+async def run_creating(services: Services, post: CreatingPost) -> Response[bytes]:
+    """Run a creating POST: once per Idempotency-Key (`run_idempotent`, in a worker
+    thread) or, without a key where it is optional, in the group commit."""
+    if post.key is None and not post.key_required:
+        body = await run_grouped(services, Request(post.credentials, post.kinds, post.work))
+        return _json(body, post.status_code)
+    return await in_thread(run_idempotent, services, post)
+
+
+def run_idempotent(services: Services, post: CreatingPost) -> Response[bytes]:
+    """Authorize the caller, then run the work once per (token, key) (a missing key
+    is 400); replay its stored response afterwards."""
+    fingerprint = idempotency.fingerprint(post.method, post.path, msgspec.json.encode(post.payload))
     with services.transaction() as session:
-        principal = authorize(session, credentials, kinds).principal
-        key = idempotency.require_key(key)
+        principal = authorize(session, post.credentials, post.kinds).principal
+        key = idempotency.require_key(post.key)
         outcome = idempotency.begin(session, principal.token_id, key, fingerprint)
     if isinstance(outcome, Replay):
         return _replay(outcome)
     try:
         with services.transaction() as session:
-            body = msgspec.json.encode(work(session, principal))
-            idempotency.finish(session, outcome.record_id, status_code, body)
+            body = msgspec.json.encode(post.work(session, principal))
+            idempotency.finish(session, outcome.record_id, post.status_code, body)
     except PartvaultError as exc:
-        _settle_failure(services, outcome.record_id, exc, path)
+        _settle_failure(services, outcome.record_id, exc, post.path)
         raise
     except BaseException:
         with services.transaction() as session:
             idempotency.abandon(session, outcome.record_id)
         raise
-    return _json(body, status_code)
-
-
-def _run_once(
-    services: Services,
-    credentials: Credentials,
-    kinds: Collection[TokenKind],
-    work: Callable[[Session, Principal], Any],
-    status_code: int,
-) -> Response[bytes]:
-    """Authorization and work in one transaction; a refused request still spends its proof."""
-    authorized: Authorized | None = None
-    try:
-        with services.transaction() as session:
-            authorized = authorize(session, credentials, kinds)
-            body = msgspec.json.encode(work(session, authorized.principal))
-    except BaseException:
-        if authorized is not None and authorized.spent_proof is not None:
-            with services.transaction() as session:
-                keep_spent(session, authorized.spent_proof)
-        raise
-    return _json(body, status_code)
+    return _json(body, post.status_code)
 
 
 def _settle_failure(services: Services, record_id: str, exc: PartvaultError, path: str) -> None:

@@ -21,7 +21,7 @@ from inventory.storage import ObjectStore, open_store
 from licensing.licences import TokenContext
 
 
-@dataclass
+@dataclass(eq=False)
 class Services:
     settings: Settings
     engine: sa.Engine

@@ -14,13 +14,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, select
 
 from inventory.crypto.keyring import KeyRing, rewrap_rows
-from inventory.db import UTCDateTime, new_id, utcnow
+from inventory.db import UTCDateTime, new_id, shared_read, utcnow
 from inventory.errors import Conflict, NotFound, Unauthorized
 
 LAST_USED_GRANULARITY = timedelta(seconds=60)
@@ -127,7 +128,11 @@ def get_brand(session: Session, brand_id: str) -> Brand:
 
 def reprint_allowance(session: Session, brand_id: str) -> int:
     """The failed prints a new licence of this brand may re-print (its current policy)."""
-    allowance = session.execute(_REPRINTS_OF, {"brand_id": brand_id}).scalar()
+    allowance = shared_read(
+        session,
+        ("reprints", brand_id),
+        lambda: session.execute(_REPRINTS_OF, {"brand_id": brand_id}).scalar(),
+    )
     if allowance is None:
         raise NotFound("no such brand", code="brand-not-found")
     return int(allowance)
@@ -176,7 +181,11 @@ def authenticate(session: Session, token: str) -> Principal:
     at most once a minute, the last-use stamp) rather than ORM loads.
     """
     digest = hash_token(token)
-    row = session.execute(_TOKEN_BY_HASH, {"digest": digest}).first()
+    row = shared_read(
+        session,
+        ("token", digest),
+        lambda: session.execute(_TOKEN_BY_HASH, {"digest": digest}).first(),
+    )
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         raise Unauthorized("unknown or malformed API token", code="token-invalid")
     if row.revoked_at is not None:
@@ -184,8 +193,13 @@ def authenticate(session: Session, token: str) -> Principal:
     now = utcnow()
     stale_before = now - LAST_USED_GRANULARITY
     if row.last_used_at is None or row.last_used_at < stale_before:
-        session.execute(_TOUCH_TOKEN, {"token_id": row.id, "now": now, "stale": stale_before})
+        params = {"token_id": row.id, "now": now, "stale": stale_before}
+        shared_read(session, ("touch", row.id), lambda: _touch(session, params))
     return Principal(TokenKind(row.kind), row.id, row.brand_id, row.facility_id)
+
+
+def _touch(session: Session, params: dict[str, Any]) -> None:
+    session.execute(_TOUCH_TOKEN, params)
 
 
 _brands = Brand.__table__  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import JSON, Field, Session, SQLModel, select
 
-from inventory.db import UTCDateTime, new_id, utcnow
+from inventory.db import UTCDateTime, new_id, shared_read, utcnow
 from inventory.errors import Conflict, Invalid, NotFound
 from inventory.pagination import Page, paginate
 
@@ -262,9 +262,12 @@ class LicensableRevision:
 
 def licensable_revision(session: Session, brand_id: str, revision_id: str) -> LicensableRevision:
     """The brand's revision with its part and current profile, in one query (404 otherwise)."""
-    row = session.execute(
-        _LICENSABLE_REVISION, {"brand_id": brand_id, "revision_id": revision_id}
-    ).first()
+    params = {"brand_id": brand_id, "revision_id": revision_id}
+    row = shared_read(
+        session,
+        ("revision", brand_id, revision_id),
+        lambda: session.execute(_LICENSABLE_REVISION, params).first(),
+    )
     if row is None:
         raise NotFound("no such revision", code="revision-not-found")
     return LicensableRevision(
@@ -274,7 +277,12 @@ def licensable_revision(session: Session, brand_id: str, revision_id: str) -> Li
 
 def current_settings(session: Session, brand_id: str, part_id: str) -> dict[str, Any] | None:
     """The settings of the part's current print profile (None without one; 404 if not the brand's)."""
-    row = session.execute(_PART_SETTINGS, {"brand_id": brand_id, "part_id": part_id}).first()
+    params = {"brand_id": brand_id, "part_id": part_id}
+    row = shared_read(
+        session,
+        ("part-settings", brand_id, part_id),
+        lambda: session.execute(_PART_SETTINGS, params).first(),
+    )
     if row is None:
         raise NotFound("no such part", code="part-not-found")
     return dict(row.settings) if row.settings is not None else None

@@ -8,14 +8,18 @@ SQLite and PostgreSQL. Times are stored as UTC and always read back aware.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import DateTime, MetaData
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import SQLModel
+from sqlmodel import Session, SQLModel
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -56,6 +60,67 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+T = TypeVar("T")
+_SHARED_READS = "partvault.shared_reads"
+
+
+@contextmanager
+def shared_reads(session: Session) -> Iterator[None]:
+    """Within this block, a read made through `shared_read` runs once per transaction.
+
+    For a group commit, where many requests share one transaction and mostly
+    read the same rows (token, facility, licence, certifications): a snapshot
+    read twice in one transaction gives the same answer. Only reads of rows the
+    shared requests never change may go through `shared_read`; whoever rolls
+    back part of the transaction must call `forget_shared_reads`.
+    """
+    session.info[_SHARED_READS] = {}
+    try:
+        yield
+    finally:
+        session.info.pop(_SHARED_READS, None)
+
+
+def shared_read(session: Session, key: tuple[Hashable, ...], read: Callable[[], T]) -> T:
+    """`read()`, or inside `shared_reads` the answer it gave earlier for `key`."""
+    memo: dict[tuple[Hashable, ...], Any] | None = session.info.get(_SHARED_READS)
+    if memo is None:
+        return read()
+    if key not in memo:
+        memo[key] = read()
+    value: T = memo[key]
+    return value
+
+
+def forget_shared_reads(session: Session) -> None:
+    """Drop every remembered read (after rolling back to a savepoint)."""
+    memo = session.info.get(_SHARED_READS)
+    if memo is not None:
+        memo.clear()
+
+
+def insert_if_absent(
+    session: Session, model: type[SQLModel], row: dict[str, Any], key: str
+) -> bool:
+    """Insert `row` unless it violates a unique constraint; True when inserted.
+
+    Portable ``INSERT … ON CONFLICT DO NOTHING RETURNING key`` (RETURNING reports
+    the outcome on every driver), built once per table. No statement fails, so
+    the caller's transaction stays usable without a savepoint. On PostgreSQL a
+    conflicting insert by a concurrent, uncommitted transaction makes this wait
+    for that transaction; SQLite serialises writers anyway.
+    """
+    table: sa.Table = model.__table__  # type: ignore[attr-defined]
+    statement = _insert_ignoring(session.get_bind().dialect.name, table, key)
+    return session.execute(statement, row).first() is not None
+
+
+@lru_cache(maxsize=32)
+def _insert_ignoring(dialect: str, table: sa.Table, key: str) -> sa.Insert:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing().returning(table.c[key])
 
 
 def make_engine(url: str, *, pool_size: int = 5, **kwargs: Any) -> sa.Engine:

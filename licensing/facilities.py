@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from sqlmodel import JSON, Field, Session, SQLModel, select
 
 from inventory.accounts import Principal, TokenKind, issue_token
-from inventory.db import UTCDateTime, new_id, utcnow
+from inventory.db import UTCDateTime, new_id, shared_read, utcnow
 from inventory.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from licensing.tokens.dpop import verify_proof
 from licensing.tokens.replay import DbReplayGuard, SpentProof
@@ -294,7 +294,12 @@ def require_certification(
     now = utcnow()
     reasons = []
     params = {"brand_id": brand_id, "facility_id": facility_id}
-    for cert in session.execute(_CERTIFICATIONS_OF, params).all():
+    certifications = shared_read(
+        session,
+        ("certifications", brand_id, facility_id),
+        lambda: session.execute(_CERTIFICATIONS_OF, params).all(),
+    )
+    for cert in certifications:
         reason = certification_covers(cert, process, material, now)
         if not reason:
             return
@@ -307,7 +312,11 @@ def require_certification(
 
 def require_approved(session: Session, facility_id: str) -> str:
     """The approved facility's proof-of-possession key thumbprint, or 403 (404 if unknown)."""
-    row = session.execute(_FACILITY_STANDING, {"facility_id": facility_id}).first()
+    row = shared_read(
+        session,
+        ("facility", facility_id),
+        lambda: session.execute(_FACILITY_STANDING, {"facility_id": facility_id}).first(),
+    )
     if row is None:
         raise NotFound("no such facility", code="facility-not-found")
     if row.status != FacilityStatus.approved.value:

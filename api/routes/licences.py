@@ -8,7 +8,7 @@ from litestar import Response, get, post
 from litestar.params import FromPath, JSONBody
 
 from api.auth import Auth, Creds, Svc
-from api.idempotency import IdempotencyKey, in_thread, run_idempotent
+from api.idempotency import CreatingPost, IdempotencyKey, run_creating
 from api.schemas import LicenceIn, LicenceOut, PrintJobOut, PrintReport, RedeemIn, StatusChange
 from inventory.accounts import Principal, TokenKind
 from inventory.db import utcnow
@@ -46,18 +46,15 @@ async def issue_licence(
         )
         return LicenceOut.of(row)
 
-    return await in_thread(
-        run_idempotent,
-        services,
+    post = CreatingPost(
         credentials=credentials,
         kinds=(TokenKind.brand,),
         key=idempotency_key,
-        method="POST",
         path="/v1/licences",
         payload=data,
-        status_code=201,
         work=work,
     )
+    return await run_creating(services, post)
 
 
 @get("/v1/licences", sync_to_thread=True, tags=["licences"])
@@ -101,18 +98,15 @@ async def redeem_licence(
         orders.on_print_redeemed(session, job)
         return PrintJobOut.of(job)
 
-    return await in_thread(
-        run_idempotent,
-        services,
+    post = CreatingPost(
         credentials=credentials,
         kinds=(TokenKind.facility,),
         key=idempotency_key,
-        method="POST",
         path=f"/v1/licences/{jti}/redeem",
         payload=data,
-        status_code=201,
         work=work,
     )
+    return await run_creating(services, post)
 
 
 @get("/v1/jobs", sync_to_thread=True, tags=["licences"])

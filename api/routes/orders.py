@@ -8,7 +8,7 @@ from litestar import Response, delete, get, post, put
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from api.auth import Auth, Creds, Svc
-from api.idempotency import IdempotencyKey, in_thread, run_idempotent
+from api.idempotency import CreatingPost, IdempotencyKey, run_creating
 from api.order_schemas import (
     OrderIn,
     OrderOut,
@@ -64,19 +64,16 @@ async def place_order(
         )
         return OrderOut.of(order)
 
-    return await in_thread(
-        run_idempotent,
-        services,
+    post = CreatingPost(
         credentials=credentials,
         kinds=(TokenKind.shop,),
         key=idempotency_key,
         key_required=True,
-        method="POST",
         path="/v1/orders",
         payload=data,
-        status_code=201,
         work=work,
     )
+    return await run_creating(services, post)
 
 
 @get("/v1/orders", sync_to_thread=True, tags=["orders"])

@@ -2,7 +2,8 @@
 
 Public API (see docs/audit.md):
 
-- record: `AuditEvent`, `append_event`, `append_events` → `AuditReceipt`
+- record: `AuditEvent`, `append_event`, `append_events` → `AuditReceipt`;
+  `record_event` (queued inside `queued_appends`, for group commits)
 - serve: `latest_checkpoint`, `checkpoints`, `inclusion_proof`,
   `consistency_proof`, `entries`, `log_size`, `tree_root`
 - verify offline: `verify_log`, `parse_and_verify_checkpoint`,
@@ -35,6 +36,8 @@ from licensing.audit.log import (
     inclusion_proof,
     latest_checkpoint,
     log_size,
+    queued_appends,
+    record_event,
     tree_root,
 )
 from licensing.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
@@ -69,6 +72,8 @@ __all__ = [
     "leaf_hash",
     "log_size",
     "parse_and_verify_checkpoint",
+    "queued_appends",
+    "record_event",
     "sign_checkpoint",
     "tree_root",
     "verifier_key_string",

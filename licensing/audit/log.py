@@ -10,7 +10,8 @@ and a stale snapshot can only fail, never append at a stale index.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -165,6 +166,33 @@ def append_events(session: Session, events: Sequence[AuditEvent]) -> list[AuditR
 def append_event(session: Session, event: AuditEvent) -> AuditReceipt:
     """Append one event in the caller's transaction and return its receipt."""
     return append_events(session, [event])[0]
+
+
+_QUEUE = "partvault.audit.queue"
+
+
+@contextmanager
+def queued_appends(session: Session) -> Iterator[list[AuditEvent]]:
+    """While open, `record_event` queues events on the session; when the block ends
+    without error they are appended in order as one batch (one head update, one
+    border read, two inserts, however many events). The caller may truncate the
+    yielded queue to drop the events of work it rolled back."""
+    queue: list[AuditEvent] = []
+    session.info[_QUEUE] = queue
+    try:
+        yield queue
+    finally:
+        session.info.pop(_QUEUE, None)
+    append_events(session, queue)
+
+
+def record_event(session: Session, event: AuditEvent) -> None:
+    """Append `event` in the caller's transaction, or queue it inside `queued_appends`."""
+    queue: list[AuditEvent] | None = session.info.get(_QUEUE)
+    if queue is None:
+        append_event(session, event)
+    else:
+        queue.append(event)
 
 
 def _entry_row(

@@ -27,10 +27,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from inventory.crypto.keyring import KeyRing, rewrap_rows
-from inventory.db import UTCDateTime, utcnow
+from inventory.db import UTCDateTime, insert_if_absent, utcnow
 from inventory.errors import Conflict, Unavailable
 from licensing.audit.checkpoint import verifier_key_string
-from licensing.tokens._db import insert_if_absent
 from licensing.tokens.signer import new_ed25519_key
 
 

@@ -42,7 +42,7 @@ from inventory.db import UTCDateTime, new_id, utcnow
 from inventory.errors import Conflict, Forbidden, Invalid, NotFound
 from inventory.pagination import Page, paginate
 from licensing import facilities, licences
-from licensing.audit import AuditEvent, append_event
+from licensing.audit import AuditEvent, record_event
 from licensing.licences import LicenceTerms, PrintJob, TokenContext
 from licensing.orders import routing, shopify, webhooks
 from licensing.tokens import current_signer
@@ -551,12 +551,14 @@ def _revoke_licence(session: Session, order: Order, reason: str, actor: str) -> 
     _notify(session, order, "licence.revoked", to=("facility",), unused_prints=unused)
 
 
-def on_print_redeemed(session: Session, job: PrintJob) -> None:
+def on_print_redeemed(session: Session, job: licences.NewJob) -> None:
     """A facility redeemed a print of an order's licence: the order is in production.
 
-    Runs on every redemption, so the common case (no routed order) is one
-    prepared Core lookup.
+    Runs on every redemption: a licence no order bought costs nothing, the
+    others one prepared Core lookup (the order moves on at its first print).
     """
+    if job.order_id is None:
+        return
     params = {"jti": job.licence_jti, "status": S.routed.value}
     order_id = session.execute(_ORDER_IN_STATUS, params).scalar()
     if order_id is None:
@@ -697,7 +699,7 @@ def _audit(session: Session, order: Order, action: str, actor: str, **facts: Any
     subject = {"order": order.id, "part": order.part_id}
     if order.facility_id:
         subject["facility"] = order.facility_id
-    append_event(
+    record_event(
         session,
         AuditEvent(
             type=f"licensing:order:{action}",

@@ -22,9 +22,8 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlmodel import Field, Session, SQLModel, col
 
-from inventory.db import UTCDateTime
+from inventory.db import UTCDateTime, insert_if_absent
 from inventory.errors import Unauthorized
-from licensing.tokens._db import insert_if_absent
 
 
 class DpopReplay(SQLModel, table=True):

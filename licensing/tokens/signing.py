@@ -32,9 +32,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from inventory.crypto.keyring import KeyRing, rewrap_rows
-from inventory.db import UTCDateTime, utcnow
+from inventory.db import UTCDateTime, insert_if_absent, shared_read, utcnow
 from inventory.errors import Conflict, Unavailable
-from licensing.tokens._db import insert_if_absent
 from licensing.tokens._jose import ALG
 from licensing.tokens.signer import new_ed25519_key
 from licensing.tokens.thumbprint import ed25519_from_jwk, key_thumbprint, public_jwk
@@ -161,7 +160,12 @@ def rotate_signing_key(session: Session, keyring: KeyRing, *, now: datetime | No
 
 
 def current_signer(session: Session, keyring: KeyRing) -> StoredKeySigner:
-    """A signer for the current key (unwrapped through the key ring once per process)."""
+    """A signer for the current key (unwrapped through the key ring once per process;
+    one signer per transaction under `shared_reads`, which knows what it extended)."""
+    return shared_read(session, ("signer",), lambda: _current_signer(session, keyring))
+
+
+def _current_signer(session: Session, keyring: KeyRing) -> StoredKeySigner:
     row = session.execute(_CURRENT_KEY).first()
     if row is None:
         raise Unavailable(
@@ -190,7 +194,11 @@ def published_key(session: Session, kid: str, now: datetime) -> Ed25519PublicKey
     """The public key `kid` if it is in the JWKS at `now` (the same rule as `jwks`),
     else None. One prepared primary-key SELECT; the parsed key is kept per
     process (a kid is its key's thumbprint)."""
-    row = session.execute(_PUBLISHED_BY_KID, {"kid": kid, "now": now}).first()
+    row = shared_read(
+        session,
+        ("published-key", kid),
+        lambda: session.execute(_PUBLISHED_BY_KID, {"kid": kid, "now": now}).first(),
+    )
     return None if row is None else _public_key(row.kid, row.public_jwk)
 
 

@@ -55,6 +55,26 @@ def roots_by_size(leaf_hashes: list[bytes]) -> list[bytes]:
     return roots
 
 
+def test_queued_appends_append_once_at_the_end_and_never_on_error(engine: Engine) -> None:
+    with Session(engine) as s:
+        audit.record_event(s, ev(0))  # no queue open: appended at once
+        assert audit.log_size(s) == 1
+        with audit.queued_appends(s) as queue:
+            audit.record_event(s, ev(1))
+            audit.record_event(s, ev(2))
+            audit.record_event(s, ev(3))
+            assert audit.log_size(s) == 1 and len(queue) == 3
+            del queue[2:]  # the caller rolled back the work behind the last event
+        assert audit.log_size(s) == 3
+        with pytest.raises(RuntimeError), audit.queued_appends(s):
+            audit.record_event(s, ev(4))
+            raise RuntimeError("the work failed")
+        assert audit.log_size(s) == 3
+        audit.record_event(s, ev(5))  # the queue is closed again
+        s.commit()
+    assert leaves(engine)[1:] == [merkle.leaf_hash(audit.encode_event(ev(i))) for i in (1, 2, 5)]
+
+
 def test_append_is_gapless_flushes_and_rolls_back(engine: Engine) -> None:
     with Session(engine) as s:
         receipts = audit.append_events(s, [ev(i) for i in range(5)])

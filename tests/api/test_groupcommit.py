@@ -1,0 +1,168 @@
+"""Group commit: concurrent redemptions share a transaction, refusals stay their own.
+
+The batches are built by hand from the same domain calls the route makes, on
+the test's real services (SQLite and PostgreSQL), so each test can say which
+requests share a transaction and count the commits and audit-head updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from api.auth import Credentials
+from api.groupcommit import Request, commit, run_grouped
+from api.schemas import PrintJobOut
+from inventory.accounts import TokenKind
+from inventory.db import forget_shared_reads, shared_read, shared_reads, utcnow
+from inventory.errors import Conflict, Unauthorized
+from licensing import licences
+from licensing.tokens import make_proof
+
+FACILITY = (TokenKind.facility,)
+
+
+def _redemption(world: Any, licence: dict[str, Any], proof: str | None = None) -> Request:
+    """A redemption of `licence` by the world's bureau, as the route queues it."""
+    services = world.api.client.app.state.services
+    htu = world.api.settings.public_url + f"/v1/licences/{licence['jti']}/redeem"
+    proof = proof or make_proof(
+        world.bureau.pop_key,
+        htm="POST",
+        htu=htu,
+        access_token=world.bureau.token,
+        now=utcnow(),
+    )
+
+    def work(session: Any, facility: Any) -> PrintJobOut:
+        job = licences.redeem(
+            session, facility, licence["jti"], licence["token"], context=services.tokens
+        )
+        return PrintJobOut.of(job)
+
+    return Request(Credentials(world.bureau.token, proof, "POST", htu), FACILITY, work)
+
+
+@contextmanager
+def _counting(engine: sa.Engine) -> Iterator[dict[str, int]]:
+    """Count commits and audit-head updates on `engine` while the block runs."""
+    counts = {"commits": 0, "head_updates": 0}
+
+    def on_commit(_conn: Any) -> None:
+        counts["commits"] += 1
+
+    def on_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("UPDATE audit_head"):
+            counts["head_updates"] += 1
+
+    sa.event.listen(engine, "commit", on_commit)
+    sa.event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        yield counts
+    finally:
+        sa.event.remove(engine, "commit", on_commit)
+        sa.event.remove(engine, "before_cursor_execute", on_execute)
+
+
+def _scalar(world: Any, sql: str, **params: Any) -> int:
+    engine = world.api.client.app.state.services.engine
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(sql), params).scalar_one())
+
+
+def _state(world: Any, jti: str) -> tuple[int, int, int]:
+    """(prints_used, print jobs, redeemed audit events) of licence `jti`."""
+    used = _scalar(world, "SELECT prints_used FROM licence WHERE jti = :j", j=jti)
+    jobs = _scalar(world, "SELECT count(*) FROM print_job WHERE licence_jti = :j", j=jti)
+    events = _scalar(
+        world,
+        "SELECT count(*) FROM audit_entry WHERE event_type = 'licensing:print:redeemed'"
+        " AND subject LIKE :s",
+        s=f"%{jti}%",
+    )
+    return used, jobs, events
+
+
+def test_one_commit_for_a_batch_and_refusals_answer_alone(world):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=3)
+    first = _redemption(world, licence)
+    batch = [
+        first,
+        _redemption(world, licence),
+        _redemption(world, licence, proof=first.credentials.proof),  # replayed proof
+        _redemption(world, licence),
+        _redemption(world, licence),  # a fourth print of three
+    ]
+    with _counting(services.engine) as counts:
+        outcomes = commit(services, batch)
+    assert counts == {"commits": 1, "head_updates": 1}
+    ok = [msgspec.json.decode(o) for o in outcomes if isinstance(o, bytes)]
+    assert len(ok) == 3 and len({job["serial"] for job in ok}) == 3
+    assert isinstance(outcomes[2], Unauthorized) and outcomes[2].code == "dpop-replayed"
+    assert isinstance(outcomes[4], Conflict) and outcomes[4].code == "licence-exhausted"
+    assert _state(world, licence["jti"]) == (3, 3, 3)
+    # the refused request rolled back to its savepoint, yet its proof stays spent
+    again = commit(services, [_redemption(world, licence, proof=batch[4].credentials.proof)])
+    assert isinstance(again[0], Unauthorized) and again[0].code == "dpop-replayed"
+
+
+def test_a_batch_that_fails_as_a_whole_is_run_again_request_by_request(world):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=5)
+    broken = _redemption(world, licence)
+
+    def crash(session: Any, facility: Any) -> Any:
+        broken.work(session, facility)
+        raise RuntimeError("a bug after the count")
+
+    batch = [
+        _redemption(world, licence),
+        Request(broken.credentials, broken.kinds, crash),
+        _redemption(world, licence),
+    ]
+    with _counting(services.engine) as counts:
+        outcomes = commit(services, batch)
+    assert isinstance(outcomes[0], bytes) and isinstance(outcomes[2], bytes)
+    assert isinstance(outcomes[1], RuntimeError)
+    assert counts["commits"] == 2  # the batch rolled back; the two good ones alone
+    assert _state(world, licence["jti"]) == (2, 2, 2)
+
+
+def test_requests_queued_together_share_one_transaction(world):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=8)
+    requests = [_redemption(world, licence) for _ in range(8)]
+
+    async def redeem_all() -> list[bytes]:
+        return await asyncio.gather(*(run_grouped(services, r) for r in requests))
+
+    with _counting(services.engine) as counts:
+        bodies = asyncio.run(redeem_all())
+    assert counts["commits"] == 1
+    used = sorted(msgspec.json.decode(body)["serial"] for body in bodies)
+    assert len(set(used)) == 8
+    assert _state(world, licence["jti"]) == (8, 8, 8)
+
+
+def test_shared_reads_read_once_per_transaction_until_forgotten(world):
+    services = world.api.client.app.state.services
+    reads: list[int] = []
+
+    def read() -> int:
+        reads.append(1)
+        return len(reads)
+
+    with services.transaction() as session:
+        assert [shared_read(session, ("k",), read) for _ in range(2)] == [1, 2]
+        with shared_reads(session):
+            assert [shared_read(session, ("k",), read) for _ in range(3)] == [3, 3, 3]
+            assert shared_read(session, ("other",), read) == 4
+            forget_shared_reads(session)
+            assert shared_read(session, ("k",), read) == 5
+        assert shared_read(session, ("k",), read) == 6
