@@ -62,8 +62,11 @@ class Authorized:
     spent_proof: SpentProof | None = None
 
 
-def credentials_of(request: Request[Any, Any, Any]) -> Credentials:
-    services: Services = request.app.state.services
+def credentials_of(request: Request[Any, Any, Any], services: Svc) -> Credentials:
+    """The request's credentials. Takes `services` as a dependency so that a route
+    asking for both resolves them one after the other: Litestar resolves
+    independent dependencies in an anyio task group, which costs more per request
+    than either of them (measured: ~8 % of a redemption's CPU)."""
     return Credentials(
         token=bearer_token(request),
         proof=request.headers.get("dpop"),
@@ -94,10 +97,9 @@ def authorize(
     return Authorized(principal, spent)
 
 
-def _requiring(*kinds: TokenKind) -> Callable[[Request[Any, Any, Any]], Principal]:
-    def dependency(request: Request[Any, Any, Any]) -> Principal:
-        credentials = credentials_of(request)
-        services: Services = request.app.state.services
+def _requiring(*kinds: TokenKind) -> Callable[[Request[Any, Any, Any], Services], Principal]:
+    def dependency(request: Request[Any, Any, Any], services: Svc) -> Principal:
+        credentials = credentials_of(request, services)
         with services.transaction() as session:
             return authorize(session, credentials, kinds).principal
 
