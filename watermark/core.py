@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import trimesh
@@ -11,7 +13,14 @@ from numpy.typing import NDArray
 from scipy.stats import binom
 
 from watermark import ecc
-from watermark.frame import Frame, candidate_frames, hull_triangles, robust_areas
+from watermark.frame import (
+    Frame,
+    candidate_frames,
+    hull_triangles,
+    robust_areas,
+    turned,
+    weak_axis,
+)
 from watermark.pattern import CELL, Grid, chips, soft_bits, soft_reads
 from watermark.refine import refine
 
@@ -23,13 +32,21 @@ PRESCREEN_SAMPLES = 8_000
 PRESCREEN_KEEP = 24
 PRESCREEN_FROM = 128  # candidates; measured: the torus (100) loses its frame when prescreened
 DECODE_CANDIDATES = 3
+SECOND_CHANCE = 2  # frames decoded only when the first ones fail: see ``_second_chance``
 READS = 2  # per decoded frame: see ``soft_reads``
+SYMMETRIC_FROM = 16  # candidates: from here on the frame comes from a symmetry's harmonics
+TURNS = np.radians([-2.0, -1.0, 1.0, 2.0])  # about a weakly fixed axis: see ``_second_chance``
+TURNED_CANDIDATES = 4  # all four sign choices of a principal-axes frame
+TURN_SAMPLES = 50_000  # a degree off, the mark is too weak to rank on fewer samples
 P_THRESHOLD = 1e-9
 RMS_FRACTION = 0.00011  # of the bounding-box diagonal (budget 0.012 %)
 MAX_FRACTION = 0.00045  # of the diagonal (budget 0.05 %)
 MAX_MM = 0.045  # budget 0.05 mm
 BBOX_MM = 0.018  # bounding box must hold to 0.02 mm
 MAX_REFINED_VERTICES = 150_000
+BOOSTED_VERTICES = 100_000  # at most this many vertices make up for a clipped mark
+MIN_BOOST = 1.2
+MAX_BOOST = 3.0
 HARD_MAX_REFINED_VERTICES = 300_000
 VERTICES_PER_SUBCELL_EDGE = 1.5
 
@@ -88,25 +105,61 @@ def _amplitude(diagonal: float, unit_to_mm: float) -> tuple[float, float]:
     return min(RMS_FRACTION * diagonal, limit), limit
 
 
-def _refined(mesh: trimesh.Trimesh, frame: Frame) -> trimesh.Trimesh:
+def _refined(mesh: trimesh.Trimesh, frame: Frame, power: Callable[[], float]) -> trimesh.Trimesh:
     """Refine to the pattern's density, coarser where slivers would pass the hard cap.
 
     Thin sliver faces refine to far more vertices than their area suggests, so
     the target edge grows until at most ``HARD_MAX_REFINED_VERTICES`` remain.
+    A mark weakened by the bounding-box clip gets more vertices: see ``_boosted``.
     """
     edge = CELL * frame.scale / (2.0 * VERTICES_PER_SUBCELL_EDGE)
-    edge = max(edge, math.sqrt(mesh.area / (0.87 * MAX_REFINED_VERTICES)))
+    edge = max(edge, _edge_for(mesh, MAX_REFINED_VERTICES))
     original = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
     while True:
         vertices, faces = refine(*original, edge)
         if len(vertices) <= max(HARD_MAX_REFINED_VERTICES, len(original[0])):
-            return trimesh.Trimesh(vertices, faces, process=False)
+            return trimesh.Trimesh(*_boosted(vertices, faces, edge, power), process=False)
         edge *= 1.25
+
+
+def _boosted(
+    vertices: FloatArray, faces: NDArray[np.int64], edge: float, power: Callable[[], float]
+) -> tuple[FloatArray, NDArray[np.int64]]:
+    """Refine further by ``1 / power()`` (the mark's relative mean square amplitude).
+
+    Detection averages over vertices, so a mark of a fraction ``power`` of
+    the full energy needs ``1 / power`` times the vertices, up to
+    ``MAX_BOOST`` times and ``BOOSTED_VERTICES`` in all (large meshes never
+    evaluate ``power``).
+    """
+    cap = BOOSTED_VERTICES / len(vertices)
+    boost = min(1.0 / power(), MAX_BOOST, cap) if cap >= MIN_BOOST else 1.0
+    if boost < MIN_BOOST:
+        return vertices, faces
+    return refine(vertices, faces, edge / math.sqrt(boost))
+
+
+def _edge_for(mesh: trimesh.Trimesh, vertices: int) -> float:
+    """Target edge length that refines ``mesh`` to about ``vertices`` vertices."""
+    return math.sqrt(mesh.area / (0.87 * vertices))
 
 
 def _bbox_limited(vertices: FloatArray, margin: float) -> NDArray[np.bool_]:
     low, high = vertices.min(0), vertices.max(0)
     return np.asarray(((vertices - low < margin) | (high - vertices < margin)).any(1))
+
+
+def _clipped_power(mesh: trimesh.Trimesh, alpha: float, limit: float, bbox_limit: float) -> float:
+    """Mean square mark amplitude over the surface relative to ``alpha**2``.
+
+    Faces on the bounding box only move by ``bbox_limit``: a thin plate lying
+    in its box carries a much weaker mark, which more vertices make up for.
+    """
+    faces = np.asarray(mesh.faces)
+    limited = _bbox_limited(np.asarray(mesh.vertices, dtype=np.float64), limit)[faces].all(1)
+    area = np.asarray(mesh.area_faces)
+    fraction = float(area[limited].sum() / max(float(area.sum()), 1e-300))
+    return 1.0 - fraction * (1.0 - min(1.0, bbox_limit / alpha) ** 2)
 
 
 @dataclass(frozen=True)
@@ -133,17 +186,17 @@ def embedding(
 ) -> Embedding:
     """`embed`, also returning the refined original the mark was added to."""
     frame = Surface.of(mesh).frames(strict=True)[0]
-    refined = _refined(mesh, frame)
+    alpha, limit = _amplitude(float(np.linalg.norm(mesh.extents)), unit_to_mm)
+    bbox_limit = BBOX_MM / unit_to_mm
+    refined = _refined(mesh, frame, partial(_clipped_power, mesh, alpha, limit, bbox_limit))
     vertices = np.asarray(refined.vertices)
     grid = Grid.from_key(key)
     bit, sign, chi, _ = chips(grid, grid.coords(frame.to_local(vertices)))
     symbols = 1.0 - 2.0 * ecc.encode(payload, key)
-    alpha, limit = _amplitude(float(np.linalg.norm(mesh.extents)), unit_to_mm)
     shift = alpha * sign * chi * symbols[bit]
     weights = _vertex_areas(refined)
     shift -= float(weights @ shift) / float(weights.sum())
     shift = np.clip(shift, -limit, limit)
-    bbox_limit = BBOX_MM / unit_to_mm
     edge = _bbox_limited(vertices, limit)
     shift[edge] = np.clip(shift[edge], -bbox_limit, bbox_limit)
     moved = vertices + shift[:, None] * np.asarray(refined.vertex_normals)
@@ -170,21 +223,32 @@ def _bit_errors(soft: FloatArray, serial: int, key: bytes) -> int:
 
 
 def _energies(
-    grid: Grid, frames: list[Frame], points: FloatArray, normals: FloatArray, count: int
+    grid: Grid,
+    frames: list[Frame],
+    points: FloatArray,
+    normals: FloatArray,
+    count: int,
+    bent: bool = False,
 ) -> FloatArray:
     """Mark energy of each candidate frame, read on about ``count`` of the samples.
 
-    Screening reads with the plane host only (``soft_bits``): it is faster,
-    and the ranking only has to put the right frame among the few decoded.
+    Screening reads with the plane host only (``soft_bits``) unless ``bent``:
+    it is faster, and the ranking only has to put the right frame among the
+    few decoded.
     """
     step = slice(0, None, max(1, len(points) // count))
     sub_points, sub_normals = points[step], normals[step]
+    read = soft_reads if bent else _plane_read
     return np.array(
         [
-            float((soft_bits(grid, f.to_local(sub_points), f.rotate(sub_normals)) ** 2).sum())
+            float((read(grid, f.to_local(sub_points), f.rotate(sub_normals))[0] ** 2).sum())
             for f in frames
         ]
     )
+
+
+def _plane_read(grid: Grid, local: FloatArray, normals: FloatArray) -> list[FloatArray]:
+    return [soft_bits(grid, local, normals)]
 
 
 def _ranked_frames(
@@ -211,23 +275,57 @@ def detect(mesh: trimesh.Trimesh, key: bytes) -> Detection:
 def analyse(mesh: trimesh.Trimesh, key: bytes) -> tuple[Detection, FloatArray]:
     """``detect``, plus the soft coded bits it decided on (for evaluation).
 
-    The best ``DECODE_CANDIDATES`` frames are read twice (``soft_reads``);
-    every read decoded counts in the p-value.
+    The best ``DECODE_CANDIDATES`` frames, then up to ``SECOND_CHANCE`` more,
+    are read twice (``soft_reads``); every read that may be decoded counts in
+    the p-value.
     """
     surface = Surface.of(mesh)
     points, normals = surface.points, surface.point_normals
     grid = Grid.from_key(key)
-    frames = _ranked_frames(grid, surface.frames(strict=False), points, normals)
-    frames = frames[:DECODE_CANDIDATES]
-    tried = READS * len(frames)
+    candidates = surface.frames(strict=False)
+    ranked = _ranked_frames(grid, candidates, points, normals)
+    tried = READS * (DECODE_CANDIDATES + SECOND_CHANCE)
     outcomes = []
-    for frame in frames:
+    symmetric = len(candidates) >= SYMMETRIC_FROM
+    for frame in _decode_order(grid, surface, symmetric, ranked):
         for soft in soft_reads(grid, frame.to_local(points), frame.rotate(normals)):
             result = _decision(soft, key, tried)
             if result.found:
                 return result, soft
             outcomes.append((result, soft))
     return min(outcomes, key=lambda pair: pair[0].bit_errors)
+
+
+def _decode_order(
+    grid: Grid, surface: Surface, symmetric: bool, ranked: list[Frame]
+) -> Iterator[Frame]:
+    """The frames to decode, best first; the second chance is only computed if reached."""
+    yield from ranked[:DECODE_CANDIDATES]
+    yield from _second_chance(grid, surface, symmetric, ranked)
+
+
+def _second_chance(
+    grid: Grid, surface: Surface, symmetric: bool, ranked: list[Frame]
+) -> Iterator[Frame]:
+    """Frames the plane-host screening missed (at most ``SECOND_CHANCE``).
+
+    Smoothing bends the surface inside a cell: among a symmetry's many
+    candidates the plane host then favours a wrong one, while the bent host
+    still ranks the right one first.  Smoothing also moves the hull: where two
+    principal moments are close, the frame turns by a degree or two about the
+    third axis, so the first candidates are tried turned about it.  Both are
+    slower than the first screening, so they are only done once it has failed.
+    """
+    points, normals = surface.points, surface.point_normals
+    if symmetric:
+        bent = _energies(grid, ranked, points, normals, SCREEN_SAMPLES, bent=True)
+        best = ranked[int(np.argmax(bent))]
+        if all(best is not frame for frame in ranked[:DECODE_CANDIDATES]):
+            yield best
+    axis = weak_axis(surface.hull)
+    if axis is not None:
+        trials = [turned(f, axis, a) for f in ranked[:TURNED_CANDIDATES] for a in TURNS]
+        yield trials[int(np.argmax(_energies(grid, trials, points, normals, TURN_SAMPLES)))]
 
 
 def _decision(soft: FloatArray, key: bytes, tried: int) -> Detection:

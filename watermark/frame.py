@@ -28,6 +28,7 @@ MAX_HARMONIC = 64
 MAX_CANDIDATES = 160
 HULL_POINTS = 60_000
 ORDER_RATIO = 0.6  # the detector also tries harmonics this close to the strongest
+WEAK_GAP = 0.15  # principal axes this close to a degeneracy turn by a degree under smoothing
 
 
 @dataclass(frozen=True)
@@ -175,13 +176,7 @@ def candidate_frames(hull: FloatArray, strict: bool) -> list[Frame]:
     ``strict`` gives only the embedder's family (its first member is used); the
     detector's wider tolerances cover shapes near a degeneracy threshold.
     """
-    cross = np.cross(hull[:, 1] - hull[:, 0], hull[:, 2] - hull[:, 0])
-    area = 0.5 * np.linalg.norm(cross, axis=1)
-    normal = cross / np.maximum(2.0 * area, 1e-300)[:, None]
-    centre, scale, cov = surface_moments(hull, area)
-    values, vectors = np.linalg.eigh(cov)
-    values, axes = values[::-1], vectors[:, ::-1]
-    gaps = ((values[0] - values[1]) / values[0], (values[1] - values[2]) / values[0])
+    area, normal, centre, scale, axes, gaps = _principal(hull)
     families: dict[str, Callable[[], list[FloatArray]]] = {
         "pca": lambda: _pca_frames(axes),
         "axis3": lambda: _about_both(axes[:, 2], (area, normal), 1 if strict else 2),
@@ -198,6 +193,42 @@ def candidate_frames(hull: FloatArray, strict: bool) -> list[Frame]:
     rotations = [r for name in chosen for r in families[name]()]
     rotations = rotations[:1] if strict else rotations[:MAX_CANDIDATES]
     return [Frame(centre, scale, rot) for rot in rotations]
+
+
+def _principal(
+    hull: FloatArray,
+) -> tuple[FloatArray, FloatArray, FloatArray, float, FloatArray, tuple[float, float]]:
+    """Hull facet areas and normals, centre, scale, principal axes and relative moment gaps."""
+    cross = np.cross(hull[:, 1] - hull[:, 0], hull[:, 2] - hull[:, 0])
+    area = 0.5 * np.linalg.norm(cross, axis=1)
+    normal = cross / np.maximum(2.0 * area, 1e-300)[:, None]
+    centre, scale, cov = surface_moments(hull, area)
+    values, vectors = np.linalg.eigh(cov)
+    values, axes = values[::-1], vectors[:, ::-1]
+    gaps = ((values[0] - values[1]) / values[0], (values[1] - values[2]) / values[0])
+    return area, normal, centre, scale, axes, gaps
+
+
+def weak_axis(hull: FloatArray) -> int | None:
+    """The canonical axis about which principal-axes frames are weakly fixed, if any.
+
+    Two principal moments within ``WEAK_GAP`` (but not degenerate) fix the
+    rotation about the third axis poorly: smoothing, which moves the hull,
+    can turn the frame about it by a degree or two.
+    """
+    gaps = _principal(hull)[5]
+    if min(gaps) < GAP or min(gaps) >= WEAK_GAP:
+        return None
+    return 2 if gaps[0] < gaps[1] else 0
+
+
+def turned(frame: Frame, axis: int, angle: float) -> Frame:
+    """``frame`` turned by ``angle`` (radians) about its canonical ``axis``."""
+    i, j = (axis + 1) % 3, (axis + 2) % 3
+    turn = np.eye(3)
+    turn[i, i] = turn[j, j] = np.cos(angle)
+    turn[i, j], turn[j, i] = -np.sin(angle), np.sin(angle)
+    return Frame(frame.centre, frame.scale, turn @ frame.rotation)
 
 
 def _about_both(axis: FloatArray, facets: Facets, n_orders: int) -> list[FloatArray]:
