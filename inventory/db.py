@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -141,9 +141,32 @@ def make_engine(url: str, *, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
         engine = sa.create_engine(url, **kwargs)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "begin", _sqlite_begin_immediate)
-        return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, **kwargs)
+    else:
+        kwargs.setdefault("pool_pre_ping", True)
+        engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, **kwargs)
+    _plain_savepoints(engine.dialect)
+    return engine
+
+
+def _plain_savepoints(dialect: Dialect) -> None:
+    """Send savepoint statements to the driver as they are.
+
+    SQLAlchemy compiles each SAVEPOINT / RELEASE / ROLLBACK TO anew (their
+    names vary, so they never hit the statement cache): about 0.1 ms per
+    savepoint on SQLite, a fifth of a group-committed request, which takes
+    one savepoint each. The names are SQLAlchemy's own ``sa_savepoint_N``.
+    """
+    dialect.do_savepoint = partial(_driver_sql, "SAVEPOINT")  # type: ignore[method-assign]
+    dialect.do_release_savepoint = partial(_driver_sql, "RELEASE SAVEPOINT")  # type: ignore[method-assign]
+    dialect.do_rollback_to_savepoint = partial(_driver_sql, "ROLLBACK TO SAVEPOINT")  # type: ignore[method-assign]
+
+
+def _driver_sql(verb: str, connection: sa.Connection, name: str) -> None:
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(f"{verb} {name}")
+    finally:
+        cursor.close()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

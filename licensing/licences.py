@@ -121,6 +121,37 @@ class NewJob:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class IssuedLicence:
+    """A licence as `issue` recorded it: the ``licence`` row, as a plain record.
+
+    Like `NewJob`, it is made once per licence, where a SQLModel row would
+    cost more than its INSERT.
+    """
+
+    jti: str
+    brand_id: str
+    part_id: str
+    revision_id: str
+    facility_id: str
+    order_id: str | None
+    prints_total: int
+    reprints_allowed: int
+    profile_hash: str
+    not_before: datetime
+    expires_at: datetime
+    token: str
+    created_at: datetime
+    prints_used: int = 0
+    reprints_used: int = 0
+    revoked_at: datetime | None = None
+    revoke_reason: str = ""
+
+    def row(self) -> dict[str, Any]:
+        """The ``licence`` row to insert."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
 @dataclass(frozen=True)
 class LicenceTerms:
     """What a licence grants: prints of one revision to one facility, for a while."""
@@ -163,7 +194,7 @@ def issue(
     terms: LicenceTerms,
     *,
     actor: str,
-) -> Licence:
+) -> IssuedLicence:
     """Sign and record a licence; the facility must be certified for the part's profile."""
     if terms.expires_at <= terms.not_before:
         raise Invalid("expires_at must be after not_before", code="licence-empty-lifetime")
@@ -199,7 +230,7 @@ def issue(
         expires_at=terms.expires_at,
         now=now,
     )
-    licence = Licence(
+    licence = IssuedLicence(
         jti=jti,
         brand_id=brand_id,
         part_id=revision.part_id,
@@ -214,7 +245,7 @@ def issue(
         token=token,
         created_at=now,
     )
-    session.execute(_INSERT_LICENCE, licence.model_dump())
+    session.execute(_INSERT_LICENCE, licence.row())
     _audit(session, "licensing:licence:issued", actor, licence, prints=terms.prints)
     return licence
 

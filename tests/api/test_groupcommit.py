@@ -166,3 +166,29 @@ def test_shared_reads_read_once_per_transaction_until_forgotten(world):
             forget_shared_reads(session)
             assert shared_read(session, ("k",), read) == 5
         assert shared_read(session, ("k",), read) == 6
+
+
+def test_savepoints_sent_as_plain_sql_undo_only_their_own_writes(world):
+    """`make_engine` runs SAVEPOINT / RELEASE / ROLLBACK TO on the driver directly."""
+    services = world.api.client.app.state.services
+
+    def insert(session: Any, value: int) -> None:
+        session.execute(sa.text("INSERT INTO savepoint_probe VALUES (:v)"), {"v": value})
+
+    with services.transaction() as session:
+        session.execute(sa.text("CREATE TEMPORARY TABLE savepoint_probe (v INTEGER)"))
+        insert(session, 1)
+        try:
+            with session.begin_nested():
+                insert(session, 2)
+                raise Conflict("refused", code="probe")
+        except Conflict:
+            pass
+        with session.begin_nested():
+            insert(session, 3)
+            inner = session.begin_nested()
+            insert(session, 4)
+            inner.rollback()
+        kept = session.execute(sa.text("SELECT v FROM savepoint_probe ORDER BY v")).scalars()
+        assert list(kept) == [1, 3]
+        session.execute(sa.text("DROP TABLE savepoint_probe"))
