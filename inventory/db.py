@@ -8,8 +8,9 @@ SQLite and PostgreSQL. Times are stored as UTC and always read back aware.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache, partial
 from typing import Any, TypeVar
@@ -101,26 +102,95 @@ def forget_shared_reads(session: Session) -> None:
         memo.clear()
 
 
+class Prepared:
+    """A Core statement compiled once per dialect and run on the driver's cursor.
+
+    For the few statements run once per print or per licence (the count, the
+    print job, the proof's identifier, the licence row): SQLAlchemy's
+    execution path adds 20-45 µs per statement to the driver's own cost
+    (measured on the replay insert: 30 -> 8 µs on SQLite, 111 -> 66 µs on
+    PostgreSQL). Parameters go through the bind processors SQLAlchemy would
+    apply and the session is flushed first, as `Session.execute` does; rows
+    come back as the driver returns them, so statements whose results would
+    need converting are refused when they are compiled.
+    """
+
+    def __init__(self, statement: sa.ClauseElement) -> None:
+        self._statement = statement
+        self._compiled: dict[Dialect, _DriverStatement] = {}
+
+    def rows(self, session: Session, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run with `params` in the session's transaction; the rows it returns."""
+        session.flush()
+        connection = session.connection()
+        compiled = self._compiled.get(connection.dialect) or self._compile(connection.dialect)
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(compiled.sql, compiled.parameters(params))
+            return list(cursor.fetchall()) if cursor.description else []
+        finally:
+            cursor.close()
+
+    def _compile(self, dialect: Dialect) -> _DriverStatement:
+        compiled = self._statement.compile(dialect=dialect)
+        assert isinstance(compiled, sa.sql.compiler.SQLCompiler)
+        if compiled.literal_execute_params or compiled.post_compile_params:
+            raise TypeError("statements with expanding parameters cannot be prepared")
+        for column in getattr(self._statement, "exported_columns", ()):
+            if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None:
+                raise TypeError(f"column {column.name} needs converting: not for Prepared")
+        names = compiled.positiontup if compiled.positional else list(compiled.bind_names.values())
+        assert names is not None
+        binds = [compiled.binds[name] for name in names]
+        driver = _DriverStatement(
+            sql=compiled.string,
+            names=tuple(names),
+            processors=tuple(b.type.dialect_impl(dialect).bind_processor(dialect) for b in binds),
+            literals={n: b.value for n, b in zip(names, binds, strict=True) if b.value is not None},
+            positional=compiled.positional,
+        )
+        self._compiled[dialect] = driver
+        return driver
+
+
+@dataclass(frozen=True)
+class _DriverStatement:
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+    literals: dict[str, Any]  # values written into the statement, such as the 1 of ``n + 1``
+    positional: bool
+
+    def parameters(self, params: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
+        """The driver's parameters: every bound name must be given (or be a literal)."""
+        given = [params[n] if n in params else self.literals[n] for n in self.names]
+        values = [
+            value if process is None else process(value)
+            for value, process in zip(given, self.processors, strict=True)
+        ]
+        return values if self.positional else dict(zip(self.names, values, strict=True))
+
+
 def insert_if_absent(
     session: Session, model: type[SQLModel], row: dict[str, Any], key: str
 ) -> bool:
-    """Insert `row` unless it violates a unique constraint; True when inserted.
+    """Insert `row` (every column) unless it violates a unique constraint; True when inserted.
 
     Portable ``INSERT … ON CONFLICT DO NOTHING RETURNING key`` (RETURNING reports
-    the outcome on every driver), built once per table. No statement fails, so
-    the caller's transaction stays usable without a savepoint. On PostgreSQL a
-    conflicting insert by a concurrent, uncommitted transaction makes this wait
-    for that transaction; SQLite serialises writers anyway.
+    the outcome on every driver), prepared once per table. No statement fails,
+    so the caller's transaction stays usable without a savepoint. On PostgreSQL
+    a conflicting insert by a concurrent, uncommitted transaction makes this
+    wait for that transaction; SQLite serialises writers anyway.
     """
     table: sa.Table = model.__table__  # type: ignore[attr-defined]
     statement = _insert_ignoring(session.get_bind().dialect.name, table, key)
-    return session.execute(statement, row).first() is not None
+    return bool(statement.rows(session, row))
 
 
 @lru_cache(maxsize=32)
-def _insert_ignoring(dialect: str, table: sa.Table, key: str) -> sa.Insert:
+def _insert_ignoring(dialect: str, table: sa.Table, key: str) -> Prepared:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(table).on_conflict_do_nothing().returning(table.c[key])
+    return Prepared(insert(table).on_conflict_do_nothing().returning(table.c[key]))
 
 
 def make_engine(url: str, *, pool_size: int = 5, **kwargs: Any) -> sa.Engine:

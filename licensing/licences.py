@@ -20,7 +20,7 @@ from sqlmodel import JSON, Field, Session, SQLModel, select
 from inventory import catalog
 from inventory.accounts import Principal, reprint_allowance
 from inventory.catalog import PartStatus
-from inventory.db import UTCDateTime, insert_if_absent, new_id, shared_read, utcnow
+from inventory.db import Prepared, UTCDateTime, insert_if_absent, new_id, shared_read, utcnow
 from inventory.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
 from licensing.audit import AuditEvent, record_event
 from licensing.facilities import require_approved, require_certification
@@ -245,7 +245,7 @@ def issue(
         token=token,
         created_at=now,
     )
-    session.execute(_INSERT_LICENCE, licence.row())
+    _INSERT_LICENCE.rows(session, licence.row())
     _audit(session, "licensing:licence:issued", actor, licence, prints=terms.prints)
     return licence
 
@@ -345,9 +345,10 @@ def redeem(
     )
     licence = _licence_for_claims(session, principal, jti, claims)
     _check_usable(session, licence, now)
-    prints_used = session.execute(_COUNT_PRINT, {"licence_jti": jti}).scalar()
-    if prints_used is None:
+    counted = _COUNT_PRINT.rows(session, {"licence_jti": jti})
+    if not counted:
         raise Conflict("every print of this licence has been redeemed", code="licence-exhausted")
+    prints_used = int(counted[0][0])
     job = _new_job(session, licence, now, prints_used)
     _audit(
         session,
@@ -416,10 +417,10 @@ def _new_job(session: Session, licence: Any, now: datetime, prints_used: int) ->
 
 
 _licence = Licence.__table__  # type: ignore[attr-defined]
-_INSERT_LICENCE = sa.insert(_licence)
+_INSERT_LICENCE = Prepared(sa.insert(_licence))
 _LICENCE_BY_JTI = sa.select(_licence).where(_licence.c.jti == sa.bindparam("jti"))
 #: The exactly-once count: the database decides which concurrent redemption wins.
-_COUNT_PRINT = (
+_COUNT_PRINT = Prepared(
     sa.update(_licence)
     .where(
         _licence.c.jti == sa.bindparam("licence_jti"),

@@ -1,0 +1,87 @@
+"""`Prepared`: Core statements run on the driver's cursor, on both backends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from inventory.db import Prepared, UTCDateTime, insert_if_absent, make_engine
+from licensing.tokens.replay import DpopReplay
+
+_METADATA = sa.MetaData()
+_PROBE = sa.Table(
+    "prepared_probe",
+    _METADATA,
+    sa.Column("id", sa.String(20), primary_key=True),
+    sa.Column("at", UTCDateTime),
+    sa.Column("facts", sa.JSON),
+    sa.Column("flag", sa.Boolean),
+    sa.Column("count", sa.Integer),
+)
+_INSERT = Prepared(sa.insert(_PROBE))
+_BUMP = Prepared(
+    sa.update(_PROBE)
+    .where(_PROBE.c.id == sa.bindparam("probe"), _PROBE.c.count < 2)
+    .values(count=_PROBE.c.count + 1)
+    .returning(_PROBE.c.count)
+)
+AT = datetime(2026, 12, 4, 23, 59, 58, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def session(db_url: str) -> Iterator[Session]:
+    engine = make_engine(db_url)
+    _METADATA.create_all(engine)
+    DpopReplay.__table__.create(engine)  # type: ignore[attr-defined]
+    try:
+        with Session(engine) as session, session.begin():
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _row(**overrides: Any) -> dict[str, Any]:
+    return {"id": "a", "at": AT, "facts": {"k": [1, "x"]}, "flag": True, "count": 0} | overrides
+
+
+def test_parameters_are_converted_as_sqlalchemy_would(session: Session) -> None:
+    assert _INSERT.rows(session, _row()) == []
+    stored = session.execute(sa.select(_PROBE)).one()
+    assert stored == ("a", AT, {"k": [1, "x"]}, True, 0)
+    assert stored.at.tzinfo is not None
+
+
+def test_literals_in_the_statement_and_returned_rows(session: Session) -> None:
+    _INSERT.rows(session, _row())
+    assert [_BUMP.rows(session, {"probe": "a"}) for _ in range(3)] == [[(1,)], [(2,)], []]
+    assert _BUMP.rows(session, {"probe": "missing"}) == []
+
+
+def test_a_missing_parameter_fails_before_anything_is_sent(session: Session) -> None:
+    row = _row()
+    del row["flag"]
+    with pytest.raises(KeyError, match="flag"):
+        _INSERT.rows(session, row)
+    assert session.execute(sa.select(sa.func.count()).select_from(_PROBE)).scalar() == 0
+
+
+def test_results_that_need_converting_are_refused(session: Session) -> None:
+    with pytest.raises(TypeError, match="at needs converting"):
+        Prepared(sa.select(_PROBE.c.at)).rows(session, {})
+
+
+def test_pending_orm_changes_are_flushed_first(session: Session) -> None:
+    """As with ``Session.execute``: the added row is there before the insert runs."""
+    expires = AT + timedelta(seconds=60)
+    session.add(DpopReplay(digest="d" * 64, expires_at=expires))
+    assert not insert_if_absent(
+        session, DpopReplay, {"digest": "d" * 64, "expires_at": expires}, "digest"
+    )
+    assert insert_if_absent(
+        session, DpopReplay, {"digest": "e" * 64, "expires_at": expires}, "digest"
+    )
