@@ -14,6 +14,7 @@ import hmac
 import re
 import secrets
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Annotated, Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -137,11 +138,13 @@ def _check_fresh(iat: int, now: datetime, max_age: int) -> None:
         raise DPOP.fail("issued-in-future", "issued in the future")
 
 
+@lru_cache(maxsize=1024)
 def _normal_uri(uri: str) -> tuple[str, str, int | None, str] | None:
     """Scheme, host, port and path after RFC 3986 §6.2.2/6.2.3 normalisation.
 
     Query and fragment are ignored; a URI with userinfo or a non-HTTP scheme
-    normalises to None (never equal to a request URI).
+    normalises to None (never equal to a request URI). Remembered: a bureau
+    redeems print by print on the same few URIs.
     """
     try:
         parts = urlsplit(uri)
