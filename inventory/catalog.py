@@ -249,8 +249,8 @@ def current_profile(session: Session, part: Part) -> PrintProfile | None:
 
 @dataclass(frozen=True)
 class LicensableRevision:
-    """A revision with what a licence for it binds: its part, design hash and the
-    part's current print profile (None when the part has none)."""
+    """A revision with what a licence for it binds: its part, design hash, the
+    part's current print profile (None when the part has none) and royalty."""
 
     revision_id: str
     part_id: str
@@ -258,6 +258,8 @@ class LicensableRevision:
     part_status: str
     profile: dict[str, Any] | None
     profile_hash: str | None
+    royalty_per_print_cents: int
+    currency: str
 
 
 def licensable_revision(session: Session, brand_id: str, revision_id: str) -> LicensableRevision:
@@ -271,7 +273,14 @@ def licensable_revision(session: Session, brand_id: str, revision_id: str) -> Li
     if row is None:
         raise NotFound("no such revision", code="revision-not-found")
     return LicensableRevision(
-        row.id, row.part_id, row.sha256, row.status, row.settings, row.profile_hash
+        row.id,
+        row.part_id,
+        row.sha256,
+        row.status,
+        row.settings,
+        row.profile_hash,
+        row.royalty_per_print_cents,
+        row.currency,
     )
 
 
@@ -300,6 +309,8 @@ _LICENSABLE_REVISION = (
         _part.c.status,
         _profile.c.settings,
         _profile.c.profile_hash,
+        _part.c.royalty_per_print_cents,
+        _part.c.currency,
     )
     .select_from(_revision.join(_with_profile, _part.c.id == _revision.c.part_id))
     .where(

@@ -46,6 +46,9 @@ class Licence(SQLModel, table=True):
     prints_used: int = 0
     reprints_allowed: int = 0
     reprints_used: int = 0
+    #: the part's royalty when the licence was issued: what each of its prints earns
+    royalty_per_print_cents: int = 0
+    currency: str = Field(default="EUR", max_length=3)
     profile_hash: str = Field(max_length=64)
     not_before: datetime = Field(sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)
@@ -137,6 +140,8 @@ class IssuedLicence:
     order_id: str | None
     prints_total: int
     reprints_allowed: int
+    royalty_per_print_cents: int
+    currency: str
     profile_hash: str
     not_before: datetime
     expires_at: datetime
@@ -239,6 +244,8 @@ def issue(
         order_id=terms.order_id,
         prints_total=terms.prints,
         reprints_allowed=reprint_allowance(session, brand_id),
+        royalty_per_print_cents=revision.royalty_per_print_cents,
+        currency=revision.currency,
         profile_hash=revision.profile_hash,
         not_before=terms.not_before,
         expires_at=terms.expires_at,
@@ -267,6 +274,11 @@ def _audit(session: Session, kind: str, actor: str, licence: Any, **facts: Any) 
             facts=facts,
         ),
     )
+
+
+def _royalty(licence: Any) -> dict[str, Any]:
+    """The facts a print event carries about its price: the licence's rate, fixed at issue."""
+    return {"royalty_cents": licence.royalty_per_print_cents, "currency": licence.currency}
 
 
 def get_licence(session: Session, principal: Principal, jti: str) -> Licence:
@@ -357,6 +369,7 @@ def redeem(
         licence,
         serial=format_serial(job.serial),
         prints_used=prints_used,
+        **_royalty(licence),
     )
     return job
 
@@ -479,6 +492,7 @@ def report(
         serial=format_serial(job.serial),
         reason=reason,
         refunded=job.refunded,
+        **_royalty(licence),
     )
     return job
 

@@ -16,9 +16,11 @@ Counting rule (docs/audit.md "Print reports"):
   licence and that reprint is counted when redeemed); a failure beyond the
   allowance keeps its count and is paid. Over all time, a licence's
   ``counted`` equals its ``prints_used``.
-- ``royalties_cents`` = sum of ``counted`` * the part's ``royalty_per_print_cents``
-  (the part's current rate, in the part's currency; ``MIXED`` when a group
-  spans parts priced in different currencies).
+- ``royalties_cents`` = sum over counted prints of the rate their licence was
+  issued at (``royalty_cents`` and ``currency`` in each print event: a later
+  change of the part's rate does not rewrite past royalties; events logged
+  before licences kept a rate use the part's current one); ``MIXED`` when a
+  group spans prices in different currencies.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ class PrintEvent:
     serial: str
     reason: str
     refunded: bool
+    #: the licence's rate, fixed at issue; None in events logged before rates were recorded
+    royalty_cents: int | None = None
+    currency: str | None = None
 
 
 @dataclass
@@ -155,6 +160,8 @@ def _event(index: int, event_type: str, body: bytes, leaf: bytes) -> PrintEvent:
         serial=str(facts.get("serial", "")),
         reason=str(facts.get("reason") or ""),
         refunded=bool(facts.get("refunded", False)),
+        royalty_cents=facts.get("royalty_cents"),
+        currency=facts.get("currency"),
     )
 
 
@@ -204,10 +211,9 @@ def _facility_name(session: Session, facility_id: str) -> str:
 
 
 def _add(group: PrintGroup, event: PrintEvent, part: Part | None) -> None:
-    rate = part.royalty_per_print_cents if part is not None else 0
-    if part is not None:
-        same = group.currency in (None, part.currency)
-        group.currency = part.currency if same else MIXED
+    rate, currency = _price(event, part)
+    if currency is not None:
+        group.currency = currency if group.currency in (None, currency) else MIXED
     if event.type == PRINT_REDEEMED:
         group.redeemed += 1
         group.counted += 1
@@ -223,6 +229,16 @@ def _add(group: PrintGroup, event: PrintEvent, part: Part | None) -> None:
             group.refunded += 1
             group.counted -= 1
             group.royalties_cents -= rate
+
+
+def _price(event: PrintEvent, part: Part | None) -> tuple[int, str | None]:
+    """What one print of `event` earns: the rate its licence was issued at, or for
+    events logged before licences kept a rate, the part's current one."""
+    if event.royalty_cents is not None:
+        return event.royalty_cents, event.currency
+    if part is None:
+        return 0, None
+    return part.royalty_per_print_cents, part.currency
 
 
 CSV_COLUMNS = (

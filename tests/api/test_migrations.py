@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from alembic import command
 
-from migrations.runner import check, upgrade
+from migrations.runner import alembic_config, check, upgrade
 
 
 def test_upgrade_head_matches_models_without_drift(db_url):
@@ -25,3 +26,28 @@ def test_constraint_names_follow_the_convention(db_url):
     engine.dispose()
     assert "uq_part_brand_id_sku" in uniques
     assert "fk_part_brand_id_brand" in foreign
+
+
+def test_0002_gives_existing_licences_their_parts_rate(world):
+    """Licences issued before rates were kept take their part's rate on upgrade."""
+    licence = world.licence()
+    url = world.api.settings.database_url
+    world.api.client.app.state.services.engine.dispose()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE part SET royalty_per_print_cents = 275, currency = 'CHF' WHERE id = :p"
+            ),
+            {"p": world.part["id"]},
+        )
+    command.downgrade(alembic_config(url), "0001")
+    upgrade(url)
+    check(url)
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT royalty_per_print_cents, currency FROM licence WHERE jti = :j"),
+            {"j": licence["jti"]},
+        ).one()
+    engine.dispose()
+    assert tuple(row) == (275, "CHF")

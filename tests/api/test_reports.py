@@ -81,6 +81,33 @@ def test_counts_equal_redemption_leaves_and_licence_counters(printed):
     }
 
 
+def test_a_rate_change_does_not_rewrite_past_royalties(printed):
+    """Each print earns the rate its licence was issued at, refunds included."""
+    world, (first, _) = printed
+    api = world.api
+    api.ok(
+        "PATCH",
+        f"/v1/parts/{world.part['id']}",
+        world.brand,
+        json={"royalty_per_print_cents": 400, "currency": "USD"},
+    )
+    assert _report(world)["total"]["royalties_cents"] == 4 * 150
+    later = world.licence(prints=2)
+    _print(world, later, "printed")
+    _print(world, later, "failed", "warped")  # refunded at its own licence's rate
+    total = _report(world)["total"]
+    assert (total["counted"], total["refunded"]) == (5, 2)
+    assert total["royalties_cents"] == 4 * 150 + (2 - 1) * 400
+    assert total["currency"] == "MIXED"
+    rates = _scalar(
+        world.api.settings,
+        "SELECT count(DISTINCT royalty_per_print_cents) FROM licence WHERE jti IN (:a, :b)",
+        a=first["jti"],
+        b=later["jti"],
+    )
+    assert rates == 2
+
+
 def test_grouping_by_facility_and_month(printed):
     world, _ = printed
     by_facility = _report(world, group_by="facility")
