@@ -156,6 +156,25 @@ def keys_rotate_signing() -> None:
     click.echo(kid)
 
 
+@keys.command("rotate-checkpoint")
+def keys_rotate_checkpoint() -> None:
+    """Hand the audit log over to a new checkpoint key; prints its verifier key.
+
+    Brands need not re-pin: `audit verify` follows the handover checkpoint,
+    which both keys sign, from either key.
+    """
+    from licensing.audit import latest_checkpoint
+    from licensing.audit.signer import current_log_signer, rotate_log_key
+
+    services = _local_services()
+    with services.transaction() as session:
+        rotate_log_key(session, services.keyring, services.audit_origin, actor="operator:cli")
+        signer = current_log_signer(session, services.keyring)
+        latest_checkpoint(session, signer, services.audit_origin)
+    services.close()
+    click.echo(signer.verifier_key(services.audit_origin))
+
+
 def append_system_event(session: Any, kind: str, facts: dict[str, Any]) -> None:
     from licensing.audit import AuditEvent, append_event
 
@@ -469,8 +488,6 @@ def audit_verify(
             )
         else:
             key = pinned_key.strip()
-            if served != key:
-                click.echo("warning: the server now announces another key", err=True)
         client.request("GET", "/v1/audit/checkpoint")  # sign the current size if it grew
         notes = [c["signed_note"] for c in client.json("GET", "/v1/audit/checkpoints")["items"]]
         old = since.read_text() if since is not None else None
@@ -481,6 +498,14 @@ def audit_verify(
     except AuditVerificationError as exc:
         click.echo(f"FAILED {exc.code}: {exc}", err=True)
         sys.exit(1)
+    if served != key:
+        handed_over = served in report.keys
+        click.echo(
+            f"note: the log was handed over to key {served} (pin it from now on)"
+            if handed_over
+            else "warning: the server now announces another key",
+            err=True,
+        )
     latest = report.latest
     click.echo(
         f"OK {latest.origin}: {report.entries} entries ({report.bodies_checked} bodies "

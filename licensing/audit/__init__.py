@@ -6,7 +6,7 @@ Public API (see docs/audit.md):
   `record_event` (queued inside `queued_appends`, for group commits)
 - serve: `latest_checkpoint`, `checkpoints`, `inclusion_proof`,
   `consistency_proof`, `entries`, `log_size`, `tree_root`
-- verify offline: `verify_log`, `parse_and_verify_checkpoint`,
+- verify offline: `verify_log`, `parse_and_verify_checkpoint`, `read_checkpoint`,
   `verify_inclusion`, `verify_consistency`, `verifier_key_string`
 """
 
@@ -14,6 +14,7 @@ from licensing.audit.checkpoint import (
     Checkpoint,
     NoteSigner,
     parse_and_verify_checkpoint,
+    read_checkpoint,
     sign_checkpoint,
     verifier_key_string,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "log_size",
     "parse_and_verify_checkpoint",
     "queued_appends",
+    "read_checkpoint",
     "record_event",
     "sign_checkpoint",
     "tree_root",

@@ -6,8 +6,10 @@ Checkpoint text (each line ends in a newline)::
     <decimal size>
     <base64 root hash>
     time <RFC 3339 UTC>          (extension line; the design signs the time)
+    key-rotation <retired verifier key> <current verifier key>   (handovers only)
 
-followed by a blank line and ``— <key name> base64(key ID ‖ signature)``.
+followed by a blank line and ``— <key name> base64(key ID ‖ signature)``; a
+handover (the checkpoint at a key rotation) carries one such line per key.
 The key ID is SHA-256(key name ‖ 0x0A ‖ 0x01 ‖ 32-byte public key)[:4] and the
 verifier key string is ``<name>+<8 hex key ID>+base64(0x01 ‖ public key)``
 (c2sp.org/signed-note, golang.org/x/mod/sumdb/note). The key name is the origin.
@@ -37,6 +39,7 @@ MAX_SIGNATURES = 16
 _NAME = re.compile(r"[^\s+]+")
 _SIZE = re.compile(r"0|[1-9][0-9]{0,19}")
 _TIME_EXT = "time "
+_ROTATION_EXT = "key-rotation "
 
 
 class NoteSigner(Protocol):
@@ -60,6 +63,8 @@ class Checkpoint:
     root: bytes
     time: str | None
     note: str
+    #: (retired, current) verifier keys when this checkpoint hands the log over
+    rotation: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,13 @@ def _b64(text: str, code: str) -> bytes:
     return raw
 
 
-def checkpoint_body(origin: str, size: int, root: bytes, time: datetime | None) -> str:
+def checkpoint_body(
+    origin: str,
+    size: int,
+    root: bytes,
+    time: datetime | None,
+    rotation: tuple[str, str] | None = None,
+) -> str:
     """The note text of a checkpoint (ends in a newline)."""
     _check_name(origin)
     if size < 0 or len(root) != 32:
@@ -131,16 +142,41 @@ def checkpoint_body(origin: str, size: int, root: bytes, time: datetime | None) 
     lines = [origin, str(size), base64.b64encode(root).decode()]
     if time is not None:
         lines.append(_TIME_EXT + format_time(time))
+    if rotation is not None:
+        lines.append(_ROTATION_EXT + " ".join(rotation))
     return "".join(line + "\n" for line in lines)
 
 
 def sign_checkpoint(
-    origin: str, size: int, root: bytes, signer: NoteSigner, time: datetime | None = None
+    origin: str,
+    size: int,
+    root: bytes,
+    signer: NoteSigner,
+    time: datetime | None = None,
+    *,
+    handover_to: NoteSigner | None = None,
 ) -> str:
-    """Sign a checkpoint as a C2SP signed note under the key name ``origin``."""
-    body = checkpoint_body(origin, size, root, time)
+    """Sign a checkpoint as a C2SP signed note under the key name ``origin``.
+
+    With `handover_to`, the checkpoint hands the log over from `signer`'s key
+    to that one: it names both verifier keys and carries both signatures, so
+    each key vouches for the other (see `licensing.audit.verify`).
+    """
+    signers = [signer] if handover_to is None else [signer, handover_to]
+    rotation = None
+    if handover_to is not None:
+        rotation = (
+            verifier_key_string(origin, signer.public_key()),
+            verifier_key_string(origin, handover_to.public_key()),
+        )
+    body = checkpoint_body(origin, size, root, time, rotation)
+    lines = "".join(_signature_line(origin, s, body) for s in signers)
+    return f"{body}\n{lines}"
+
+
+def _signature_line(origin: str, signer: NoteSigner, body: str) -> str:
     signature = key_id(origin, signer.public_key()) + signer.sign(body.encode())
-    return f"{body}\n{SIG_PREFIX}{origin} {base64.b64encode(signature).decode()}\n"
+    return f"{SIG_PREFIX}{origin} {base64.b64encode(signature).decode()}\n"
 
 
 def _split_note(text: str) -> tuple[str, list[str]]:
@@ -202,7 +238,18 @@ def parse_checkpoint_body(body: str, note: str) -> Checkpoint:
     if len(root) != 32:
         raise _fail("checkpoint-malformed", "root hash is not 32 bytes")
     times = [x[len(_TIME_EXT) :] for x in lines[3:] if x.startswith(_TIME_EXT)]
-    return Checkpoint(origin, int(size), root, times[0] if times else None, note)
+    rotations = [
+        x[len(_ROTATION_EXT) :].split(" ") for x in lines[3:] if x.startswith(_ROTATION_EXT)
+    ]
+    if len(rotations) > 1 or any(len(keys) != 2 for keys in rotations):
+        raise _fail("checkpoint-malformed", "a key-rotation line names two keys, once")
+    rotation = (rotations[0][0], rotations[0][1]) if rotations else None
+    return Checkpoint(origin, int(size), root, times[0] if times else None, note, rotation)
+
+
+def read_checkpoint(text: str) -> Checkpoint:
+    """Parse a signed checkpoint WITHOUT verifying any signature (to pick the key)."""
+    return parse_checkpoint_body(_split_note(text)[0], text)
 
 
 def parse_and_verify_checkpoint(text: str, verifier_key: str | VerifierKey) -> Checkpoint:

@@ -262,6 +262,24 @@ def latest_checkpoint(session: Session, signer: NoteSigner, origin: str) -> Sign
     return SignedCheckpoint(origin, size, root, note, now)
 
 
+def handover_checkpoint(
+    session: Session, retired: NoteSigner, current: NoteSigner, origin: str
+) -> SignedCheckpoint:
+    """Sign the current size with both keys of a rotation and store it (no commit).
+
+    The note names both verifier keys, so a brand holding either key learns
+    the other from a checkpoint both signed (see `licensing.audit.verify`).
+    """
+    size = log_size(session)
+    root = merkle.tree_root(DbHashReader(session), size)
+    now = utcnow()
+    note = sign_checkpoint(origin, size, root, retired, now, handover_to=current)
+    row = AuditCheckpoint(origin=origin, size=size, root=root, signed_note=note, created_at=now)
+    session.add(row)
+    session.flush()
+    return SignedCheckpoint(origin, size, root, note, now)
+
+
 def _stored_checkpoint(session: Session, origin: str, size: int) -> SignedCheckpoint | None:
     stmt = (
         sa.select(_checkpoint)

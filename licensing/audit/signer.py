@@ -10,7 +10,8 @@ would hold NULL).
 
 `ensure_log_key` runs in the caller's transaction (the caller commits) and is
 safe when several processes start at once. `current_log_signer` returns a
-`NoteSigner` for `latest_checkpoint`.
+`NoteSigner` for `latest_checkpoint`; `rotate_log_key` hands the log over to a
+new key.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ from inventory.crypto.keyring import KeyRing, rewrap_rows
 from inventory.db import UTCDateTime, insert_if_absent, utcnow
 from inventory.errors import Conflict, Unavailable
 from licensing.audit.checkpoint import verifier_key_string
+from licensing.audit.events import AuditEvent
+from licensing.audit.log import append_event, handover_checkpoint
 from licensing.tokens.signer import new_ed25519_key
+
+CHECKPOINT_KEY_ROTATED = "licensing:checkpoint_key:rotated"
 
 
 class AuditLogKey(SQLModel, table=True):
@@ -112,6 +117,38 @@ def current_log_signer(session: Session, keyring: KeyRing) -> LogSigner:
     return LogSigner(row.key_id, private_key)
 
 
+def rotate_log_key(session: Session, keyring: KeyRing, origin: str, *, actor: str) -> str:
+    """Retire the current checkpoint key, make a new one current; return its id (no commit).
+
+    The rotation is an audit event naming both keys, and the checkpoint that
+    covers it is a handover signed by both: `verify_log` follows it from a key
+    pinned before the rotation as from one pinned after it.
+    """
+    retired = current_log_signer(session, keyring)
+    private_key, row = _new_key(keyring, utcnow())
+    current = LogSigner(row.key_id, private_key)
+    append_event(
+        session,
+        AuditEvent(
+            type=CHECKPOINT_KEY_ROTATED,
+            actor=actor,
+            facts={
+                "retired": retired.verifier_key(origin),
+                "current": current.verifier_key(origin),
+            },
+        ),
+    )
+    handover_checkpoint(session, retired, current, origin)
+    session.execute(
+        sa.update(AuditLogKey)
+        .where(col(AuditLogKey.key_id) == retired.key_id)
+        .values(is_current=None, retired_at=row.created_at)
+    )
+    session.add(row)
+    session.flush()
+    return row.key_id
+
+
 def current_public_key(session: Session) -> Ed25519PublicKey:
     """The current checkpoint key's public half (no key-ring access)."""
     row = _current_row(session)
@@ -135,13 +172,18 @@ def _current_row(session: Session) -> AuditLogKey | None:
 
 
 def _new_row(keyring: KeyRing, now: datetime) -> AuditLogKey:
+    return _new_key(keyring, now)[1]
+
+
+def _new_key(keyring: KeyRing, now: datetime) -> tuple[Ed25519PrivateKey, AuditLogKey]:
     private_key, seed = new_ed25519_key()
     public_key = private_key.public_key()
     key_id = log_key_id(public_key)
-    return AuditLogKey(
+    row = AuditLogKey(
         key_id=key_id,
         public_key=_raw_public(public_key),
         wrapped_private_key=keyring.wrap(seed, wrap_context(key_id)),
         created_at=now,
         is_current=True,
     )
+    return private_key, row

@@ -8,6 +8,12 @@ root must be the root recomputed at its size from the very entries that also
 produce the newer roots, which is exactly what a consistency proof shows.
 Streams the entries in O(log n) memory. Any mismatch raises one
 `AuditVerificationError` whose ``code`` names it.
+
+Key rotations: a handover checkpoint names the retired and the current key
+and is signed by both. From the pinned key, trust follows every valid
+handover, forwards and backwards; each key may only sign the sizes of its
+own era (from the handover that introduced it to the one that retired it),
+so a retired key cannot sign the log's future.
 """
 
 from __future__ import annotations
@@ -17,7 +23,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from licensing.audit import merkle
-from licensing.audit.checkpoint import Checkpoint, parse_and_verify_checkpoint, parse_verifier_key
+from licensing.audit.checkpoint import (
+    Checkpoint,
+    VerifierKey,
+    parse_and_verify_checkpoint,
+    parse_verifier_key,
+    read_checkpoint,
+    verifier_key_string,
+    verify_note,
+)
 from licensing.audit.errors import AuditVerificationError
 from licensing.audit.merkle import CompactRange
 
@@ -34,6 +48,8 @@ class VerifyReport:
     checkpoints_verified: int
     latest: Checkpoint
     since_size: int | None
+    #: the verifier keys trusted through key-rotation handovers, the pinned one included
+    keys: tuple[str, ...] = ()
 
     @property
     def uncovered(self) -> int:
@@ -90,6 +106,79 @@ def _targets(checkpoints: Iterable[Checkpoint]) -> dict[int, list[Checkpoint]]:
     return dict(targets)
 
 
+@dataclass(frozen=True)
+class _Era:
+    """A trusted key and the checkpoint sizes it may sign (``last`` None: still current)."""
+
+    key: VerifierKey
+    first: int
+    last: int | None
+
+    def covers(self, size: int) -> bool:
+        return self.first <= size and (self.last is None or size <= self.last)
+
+
+def _name(key: VerifierKey) -> str:
+    return verifier_key_string(key.name, key.public_key)
+
+
+def _signed_by(note: str, key: VerifierKey) -> bool:
+    try:
+        verify_note(note, key)
+    except AuditVerificationError:
+        return False
+    return True
+
+
+def _handovers(checkpoints: Iterable[Checkpoint]) -> list[tuple[int, VerifierKey, VerifierKey]]:
+    """(size, retired, current) of every handover signed by both keys it names."""
+    found = []
+    for checkpoint in checkpoints:
+        if checkpoint.rotation is not None:
+            retired, current = (parse_verifier_key(k) for k in checkpoint.rotation)
+            if _signed_by(checkpoint.note, retired) and _signed_by(checkpoint.note, current):
+                found.append((checkpoint.size, retired, current))
+    return found
+
+
+def _key_eras(checkpoints: Sequence[Checkpoint], pinned: VerifierKey) -> list[_Era]:
+    """The keys linked to the pinned one by valid handovers, each with its era."""
+    handovers = _handovers(checkpoints)
+    trusted = {_name(pinned): pinned}
+    grew = True
+    while grew:
+        grew = False
+        for _, retired, current in handovers:
+            ends = {_name(retired): retired, _name(current): current}
+            if ends.keys() & trusted.keys() and not ends.keys() <= trusted.keys():
+                trusted |= ends
+                grew = True
+    return [
+        _Era(
+            key,
+            max((s for s, _, c in handovers if _name(c) == name), default=0),
+            min((s for s, r, _ in handovers if _name(r) == name), default=None),
+        )
+        for name, key in trusted.items()
+    ]
+
+
+def _verified(checkpoint: Checkpoint, eras: Sequence[_Era]) -> Checkpoint:
+    """The checkpoint verified by a key trusted at its size, or raise."""
+    signer = next(
+        (e.key for e in eras if e.covers(checkpoint.size) and _signed_by(checkpoint.note, e.key)),
+        None,
+    )
+    if signer is None:
+        for era in eras:  # a failing signature by a trusted key says more than "unknown"
+            if era.covers(checkpoint.size):
+                parse_and_verify_checkpoint(checkpoint.note, era.key)
+        raise _fail(
+            "checkpoint-unknown-key", f"no signature by a key trusted at size {checkpoint.size}"
+        )
+    return parse_and_verify_checkpoint(checkpoint.note, signer)
+
+
 def verify_log(
     entries: Iterable[EntryTuple],
     checkpoints: Sequence[str],
@@ -97,12 +186,13 @@ def verify_log(
     since: str | None = None,
 ) -> VerifyReport:
     """Verify a full copy of the log against signed checkpoints, or raise."""
-    key = parse_verifier_key(verifier_key)
-    verified = [parse_and_verify_checkpoint(note, key) for note in checkpoints]
-    if not verified:
+    read = [read_checkpoint(note) for note in checkpoints]
+    if not read:
         raise _fail("checkpoint-missing", "at least one signed checkpoint is needed")
+    eras = _key_eras(read, parse_verifier_key(verifier_key))
+    verified = [_verified(checkpoint, eras) for checkpoint in read]
     latest = max(verified, key=lambda c: c.size)
-    old = parse_and_verify_checkpoint(since, key) if since is not None else None
+    old = _verified(read_checkpoint(since), eras) if since is not None else None
     if old is not None and old.size > latest.size:
         raise _fail("log-rolled-back", f"log shrank from {old.size} to {latest.size}")
     walker = _Walker(_targets([*verified, *([old] if old else [])]), old)
@@ -118,4 +208,5 @@ def verify_log(
         checkpoints_verified=len(verified),
         latest=latest,
         since_size=old.size if old else None,
+        keys=tuple(_name(era.key) for era in eras),
     )

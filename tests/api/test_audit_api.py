@@ -8,6 +8,7 @@ the routes here only pass the stated size through.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import socket
@@ -20,11 +21,13 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from licensing.audit import (
     AuditVerificationError,
     leaf_hash,
     parse_and_verify_checkpoint,
+    verifier_key_string,
     verify_consistency,
     verify_inclusion,
 )
@@ -422,3 +425,43 @@ def test_audit_verify_passes_honest_log_and_fails_on_tampering(world, cli, tmp_p
     wrong = cli(world.brand, "audit", "verify", "--key", other_key)
     assert wrong.exit_code != 0 and "checkpoint-" in wrong.stderr
     assert Path(saved).exists()
+
+
+def test_checkpoint_key_rotation_keeps_pinned_keys_verifying(world, cli, tmp_path):
+    """`keys rotate-checkpoint`: a brand pinned to the old key, or to the new one,
+    still verifies the whole log; the rotation is an audit event naming both keys."""
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    settings = world.api.settings
+    licence = world.licence(prints=2)
+    _print(world, licence, "printed")
+    old = world.api.ok("GET", "/v1/audit/key", world.brand)["verifier_key"]
+    saved = tmp_path / "checkpoint.txt"
+    assert cli(world.brand, "audit", "verify", "--key", old, "--save", str(saved)).exit_code == 0
+
+    env = {
+        "PARTVAULT_DATA_DIR": str(settings.data_dir),
+        "PARTVAULT_DATABASE_URL": settings.database_url,
+    }
+    rotated = CliRunner().invoke(main, ["keys", "rotate-checkpoint"], env=env)
+    assert rotated.exit_code == 0, rotated.output
+    new = rotated.stdout.strip()
+    assert new != old and world.api.ok("GET", "/v1/audit/key", world.brand)["verifier_key"] == new
+
+    _print(world, licence, "printed")
+    for pinned in (old, new):
+        run = cli(world.brand, "audit", "verify", "--key", pinned, "--since", str(saved))
+        assert run.exit_code == 0, run.stderr + run.stdout
+    from_old = cli(world.brand, "audit", "verify", "--key", old)
+    assert f"the log was handed over to key {new}" in from_old.stderr
+    stranger = verifier_key_string(
+        "127.0.0.1:8000/audit", Ed25519PrivateKey.generate().public_key()
+    )
+    refused = cli(world.brand, "audit", "verify", "--key", stranger)
+    assert refused.exit_code == 1 and "checkpoint-unknown-key" in refused.stderr
+    entries = world.api.ok("GET", "/v1/audit/entries", world.api.admin)["items"]
+    (event,) = [e for e in entries if e["event_type"] == "licensing:checkpoint_key:rotated"]
+    facts = json.loads(base64.b64decode(event["body"]))["facts"]
+    assert facts == {"retired": old, "current": new}

@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 import licensing.audit as audit
 from licensing.audit import merkle
-from licensing.audit.log import DbHashReader
+from licensing.audit.log import DbHashReader, handover_checkpoint
 
 ORIGIN = "partvault.test/audit"
 WHEN = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -311,3 +311,76 @@ def test_an_edited_node_makes_the_next_checkpoint_fail_verification(signed_log: 
     with pytest.raises(audit.AuditVerificationError) as err:
         audit.verify_log(rows, notes, VKEY)
     assert err.value.code == "root-mismatch"
+
+
+NEXT, THIRD = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+
+
+def vkey(key: Ed25519PrivateKey) -> str:
+    return audit.verifier_key_string(ORIGIN, key.public_key())
+
+
+def signed_now(
+    engine: Engine, key: Ed25519PrivateKey, handover_to: Ed25519PrivateKey | None = None
+) -> str:
+    """A checkpoint of the current size by `key` (a handover with `handover_to`), stored."""
+    with Session(engine) as s:
+        if handover_to is not None:
+            note = handover_checkpoint(s, key, handover_to, ORIGIN).signed_note
+        else:
+            size = audit.log_size(s)
+            root = audit.tree_root(s, size)
+            note = audit.sign_checkpoint(ORIGIN, size, root, key, WHEN)
+            row = audit.AuditCheckpoint(
+                origin=ORIGIN, size=size, root=root, signed_note=note, created_at=WHEN
+            )
+            s.add(row)
+        s.commit()
+    return note
+
+
+def test_rotations_are_followed_from_any_key_of_the_chain(signed_log: Engine) -> None:
+    fill_from(signed_log, 21, 25)
+    signed_now(signed_log, KEY, handover_to=NEXT)
+    fill_from(signed_log, 25, 30)
+    signed_now(signed_log, NEXT)
+    signed_now(signed_log, NEXT, handover_to=THIRD)
+    fill_from(signed_log, 30, 33)
+    signed_now(signed_log, THIRD)
+    rows, notes = snapshot(signed_log)
+    for pinned in (KEY, NEXT, THIRD):
+        report = audit.verify_log(rows, notes, vkey(pinned), since=notes[0])
+        assert (report.checkpoints_verified, report.latest.size) == (len(notes), 33)
+    stranger = Ed25519PrivateKey.generate()
+    with pytest.raises(audit.AuditVerificationError) as err:
+        audit.verify_log(rows, notes, vkey(stranger))
+    assert err.value.code == "checkpoint-unknown-key"
+
+
+def test_a_handover_needs_both_signatures(signed_log: Engine) -> None:
+    fill_from(signed_log, 21, 25)
+    handover = signed_now(signed_log, KEY, handover_to=NEXT)
+    fill_from(signed_log, 25, 30)
+    later = signed_now(signed_log, NEXT)
+    rows, notes = snapshot(signed_log)
+    body, _, signatures = handover.partition("\n\n")
+    by_key_only = f"{body}\n\n{signatures.splitlines()[0]}\n"
+    assert audit.parse_and_verify_checkpoint(by_key_only, VKEY).rotation is not None
+    forged = [by_key_only if note == handover else note for note in notes]
+    with pytest.raises(audit.AuditVerificationError) as err:
+        audit.verify_log(rows, forged, VKEY)
+    assert err.value.code == "checkpoint-unknown-key"
+    assert (
+        audit.verify_log(rows, notes, VKEY).latest.size == 30 == audit.read_checkpoint(later).size
+    )
+
+
+def test_a_retired_key_cannot_sign_the_log_s_future(signed_log: Engine) -> None:
+    fill_from(signed_log, 21, 25)
+    signed_now(signed_log, KEY, handover_to=NEXT)
+    fill_from(signed_log, 25, 30)
+    signed_now(signed_log, KEY)
+    rows, notes = snapshot(signed_log)
+    with pytest.raises(audit.AuditVerificationError) as err:
+        audit.verify_log(rows, notes, VKEY)
+    assert err.value.code == "checkpoint-unknown-key"
