@@ -23,6 +23,7 @@ from sqlmodel import Field, Session, SQLModel, select
 from inventory.crypto.keyring import KeyRing, rewrap_rows
 from inventory.db import UTCDateTime, new_id, shared_read, utcnow
 from inventory.errors import Conflict, NotFound, Unauthorized
+from licensing.audit import log_event
 
 LAST_USED_GRANULARITY = timedelta(seconds=60)
 
@@ -75,6 +76,12 @@ class Principal:
     token_id: str
     brand_id: str | None = None
     facility_id: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """The audit log's ``kind:id``: a brand or facility by its tenant, others by token."""
+        tenants = {TokenKind.brand: self.brand_id, TokenKind.facility: self.facility_id}
+        return f"{self.kind.value}:{tenants.get(self.kind) or self.token_id}"
 
 
 def hash_token(token: str) -> str:
@@ -138,12 +145,17 @@ def reprint_allowance(session: Session, brand_id: str) -> int:
     return int(allowance)
 
 
-def set_reprint_policy(session: Session, brand_id: str, reprints: int) -> Brand:
+def set_reprint_policy(session: Session, brand_id: str, reprints: int, *, actor: str) -> Brand:
     """Failed prints a new licence of this brand may re-print (0: none)."""
     brand = get_brand(session, brand_id)
     brand.reprints_per_licence = reprints
     session.add(brand)
     session.flush()
+    subject = {"brand": brand_id}
+    kind = "inventory:brand:policy_set"
+    log_event(
+        session, kind, actor, brand_id=brand_id, subject=subject, reprints_per_licence=reprints
+    )
     return brand
 
 

@@ -20,6 +20,7 @@ from sqlmodel import JSON, Field, Session, SQLModel, select
 from inventory.db import UTCDateTime, new_id, shared_read, utcnow
 from inventory.errors import Conflict, Invalid, NotFound
 from inventory.pagination import Page, paginate
+from licensing.audit import log_event
 
 
 class PartStatus(StrEnum):
@@ -103,6 +104,7 @@ def create_part(
     status: str = PartStatus.active.value,
     royalty_per_print_cents: int = 0,
     currency: str = "EUR",
+    actor: str,
 ) -> Part:
     now = utcnow()
     part = Part(
@@ -123,7 +125,20 @@ def create_part(
             session.flush()
     except IntegrityError:
         raise Conflict(f"SKU {sku!r} is already used by this brand", code="sku-taken") from None
+    _audit(session, "inventory:part:created", actor, part, **_priced(part), sku=sku)
     return part
+
+
+#: part fields whose new value is logged (the others, free text, are named only)
+_LOGGED_VALUES = ("status", "royalty_per_print_cents", "currency")
+
+
+def _priced(part: Part) -> dict[str, Any]:
+    return {name: getattr(part, name) for name in _LOGGED_VALUES}
+
+
+def _audit(session: Session, kind: str, actor: str, part: Part, **facts: Any) -> None:
+    log_event(session, kind, actor, brand_id=part.brand_id, subject={"part": part.id}, **facts)
 
 
 def get_part(session: Session, brand_id: str, part_id: str) -> Part:
@@ -162,7 +177,9 @@ def list_parts(
     return paginate(session, query, Part, cursor=cursor, limit=limit)
 
 
-def update_part(session: Session, brand_id: str, part_id: str, changes: dict[str, Any]) -> Part:
+def update_part(
+    session: Session, brand_id: str, part_id: str, changes: dict[str, Any], *, actor: str
+) -> Part:
     """Apply the given changes (name, description, status, royalty, currency)."""
     part = get_part(session, brand_id, part_id)
     if "status" in changes:
@@ -172,6 +189,7 @@ def update_part(session: Session, brand_id: str, part_id: str, changes: dict[str
     part.updated_at = utcnow()
     session.add(part)
     session.flush()
+    _audit(session, "inventory:part:updated", actor, part, changed=sorted(changes), **_priced(part))
     return part
 
 
@@ -182,7 +200,7 @@ def profile_hash(settings: dict[str, Any]) -> str:
 
 
 def add_print_profile(
-    session: Session, brand_id: str, part_id: str, settings: dict[str, Any]
+    session: Session, brand_id: str, part_id: str, settings: dict[str, Any], *, actor: str
 ) -> PrintProfile:
     """Validate cross-field rules, store the profile and make it the part's current one."""
     part = get_part(session, brand_id, part_id)
@@ -201,6 +219,16 @@ def add_print_profile(
     part.updated_at = utcnow()
     session.add(part)
     session.flush()
+    _audit(
+        session,
+        "inventory:profile:set",
+        actor,
+        part,
+        profile=profile.id,
+        profile_hash=profile.profile_hash,
+        process=settings.get("process"),
+        material=settings.get("material"),
+    )
     return profile
 
 

@@ -23,6 +23,8 @@ from sqlmodel import JSON, Field, Session, SQLModel, select
 from inventory.accounts import Principal, TokenKind, issue_token
 from inventory.db import UTCDateTime, new_id, shared_read, utcnow
 from inventory.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+from licensing.audit import log_event
+from licensing.audit.events import format_time
 from licensing.tokens.dpop import verify_proof
 from licensing.tokens.replay import DbReplayGuard, SpentProof
 from licensing.tokens.thumbprint import key_thumbprint
@@ -115,7 +117,9 @@ def _pem(key: Ed25519PublicKey | RSAPublicKey) -> str:
     ).decode()
 
 
-def register_facility(session: Session, fields: dict[str, Any], *, approved: bool) -> Facility:
+def register_facility(
+    session: Session, fields: dict[str, Any], *, approved: bool, actor: str
+) -> Facility:
     """Register a facility: approved at once by the operator, else pending review."""
     keys = parse_keys(fields.pop("pop_public_key"), fields.pop("wrap_public_key"))
     _check_unique_pop_key(session, keys.pop_jkt, None)
@@ -133,7 +137,27 @@ def register_facility(session: Session, fields: dict[str, Any], *, approved: boo
     )
     session.add(facility)
     session.flush()
+    _audit_facility(
+        session,
+        "registered",
+        actor,
+        facility,
+        name=facility.name,
+        country=facility.country,
+        status=facility.status,
+        pop_jkt=facility.pop_jkt,
+        wrap_kid=facility.wrap_kid,
+    )
     return facility
+
+
+def _audit_facility(
+    session: Session, action: str, actor: str, facility: Facility, **facts: Any
+) -> None:
+    """An operator-side event about a facility (no brand: brands see it redacted)."""
+    log_event(
+        session, f"licensing:facility:{action}", actor, subject={"facility": facility.id}, **facts
+    )
 
 
 def _check_unique_pop_key(session: Session, jkt: str, facility_id: str | None) -> None:
@@ -156,18 +180,24 @@ def list_facilities(session: Session, *, status: str | None = None) -> list[Faci
     return list(session.exec(query))
 
 
-def set_facility_status(session: Session, facility_id: str, status: FacilityStatus) -> Facility:
+def set_facility_status(
+    session: Session, facility_id: str, status: FacilityStatus, *, actor: str
+) -> Facility:
     facility = get_facility(session, facility_id)
     facility.status = status.value
     facility.updated_at = utcnow()
     session.add(facility)
     session.flush()
+    _audit_facility(session, status.value, actor, facility)
     return facility
 
 
-def update_facility(session: Session, facility_id: str, changes: dict[str, Any]) -> Facility:
+def update_facility(
+    session: Session, facility_id: str, changes: dict[str, Any], *, actor: str
+) -> Facility:
     """Change profile fields, or rotate keys when new PEMs are given."""
     facility = get_facility(session, facility_id)
+    changed = sorted(changes)
     pop = changes.pop("pop_public_key", None)
     wrap = changes.pop("wrap_public_key", None)
     if pop is not None or wrap is not None:
@@ -180,6 +210,8 @@ def update_facility(session: Session, facility_id: str, changes: dict[str, Any])
     facility.updated_at = utcnow()
     session.add(facility)
     session.flush()
+    current = {"pop_jkt": facility.pop_jkt, "wrap_kid": facility.wrap_kid}
+    _audit_facility(session, "updated", actor, facility, changed=changed, **current)
     return facility
 
 
@@ -191,6 +223,7 @@ def certify(
     processes: list[str],
     materials: list[str],
     expires_at: datetime,
+    actor: str,
 ) -> Certification:
     facility = get_facility(session, facility_id)
     if facility.status != FacilityStatus.approved.value:
@@ -215,7 +248,31 @@ def certify(
     )
     session.add(cert)
     session.flush()
+    _audit_certification(
+        session,
+        "granted",
+        actor,
+        cert,
+        processes=cert.processes,
+        materials=cert.materials,
+        expires_at=format_time(expires_at),
+    )
     return cert
+
+
+_CERTIFICATION_ACTION = {
+    CertificationStatus.active: "reinstated",
+    CertificationStatus.suspended: "suspended",
+    CertificationStatus.revoked: "revoked",
+}
+
+
+def _audit_certification(
+    session: Session, action: str, actor: str, cert: Certification, **facts: Any
+) -> None:
+    subject = {"facility": cert.facility_id, "certification": cert.id}
+    kind = f"licensing:certification:{action}"
+    log_event(session, kind, actor, brand_id=cert.brand_id, subject=subject, **facts)
 
 
 def get_certification(session: Session, brand_id: str, cert_id: str) -> Certification:
@@ -237,7 +294,13 @@ def list_certifications(
 
 
 def set_certification_status(
-    session: Session, brand_id: str, cert_id: str, status: CertificationStatus, reason: str
+    session: Session,
+    brand_id: str,
+    cert_id: str,
+    status: CertificationStatus,
+    reason: str,
+    *,
+    actor: str,
 ) -> Certification:
     cert = get_certification(session, brand_id, cert_id)
     if cert.status == CertificationStatus.revoked.value:
@@ -247,6 +310,7 @@ def set_certification_status(
     cert.updated_at = utcnow()
     session.add(cert)
     session.flush()
+    _audit_certification(session, _CERTIFICATION_ACTION[status], actor, cert, reason=reason)
     return cert
 
 

@@ -22,7 +22,7 @@ from inventory.accounts import Principal, reprint_allowance
 from inventory.catalog import PartStatus
 from inventory.db import Prepared, UTCDateTime, insert_if_absent, new_id, shared_read, utcnow
 from inventory.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
-from licensing.audit import AuditEvent, record_event
+from licensing.audit import log_event
 from licensing.facilities import require_approved, require_certification
 from licensing.tokens import LicenceClaims, Signer, issue_licence, published_key, verify_licence
 
@@ -259,21 +259,13 @@ def issue(
 
 def _audit(session: Session, kind: str, actor: str, licence: Any, **facts: Any) -> None:
     """Record an event about `licence` (a `Licence` or a row of its table)."""
-    record_event(
-        session,
-        AuditEvent(
-            type=kind,
-            actor=actor,
-            brand_id=licence.brand_id,
-            subject={
-                "licence": licence.jti,
-                "facility": licence.facility_id,
-                "part": licence.part_id,
-                "revision": licence.revision_id,
-            },
-            facts=facts,
-        ),
-    )
+    subject = {
+        "licence": licence.jti,
+        "facility": licence.facility_id,
+        "part": licence.part_id,
+        "revision": licence.revision_id,
+    }
+    log_event(session, kind, actor, brand_id=licence.brand_id, subject=subject, **facts)
 
 
 def _royalty(licence: Any) -> dict[str, Any]:

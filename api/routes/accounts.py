@@ -91,7 +91,9 @@ def set_brand_policy(
     if owner != brand_id:
         raise NotFound("no such brand", code="brand-not-found")
     with services.transaction() as session:
-        brand = accounts.set_reprint_policy(session, brand_id, data.reprints_per_licence)
+        brand = accounts.set_reprint_policy(
+            session, brand_id, data.reprints_per_licence, actor=reader.actor
+        )
         return BrandPolicyOut(brand_id=brand.id, reprints_per_licence=brand.reprints_per_licence)
 
 

@@ -34,7 +34,8 @@ def create_part(
 ) -> PartOut:
     owner = tenant_of(reader, brand_id)
     with services.transaction() as session:
-        return PartOut.of(catalog.create_part(session, owner, **msgspec.structs.asdict(data)))
+        fields = msgspec.structs.asdict(data)
+        return PartOut.of(catalog.create_part(session, owner, **fields, actor=reader.actor))
 
 
 @get("/v1/parts", sync_to_thread=True, tags=["catalog"])
@@ -70,7 +71,8 @@ def update_part(
 ) -> PartOut:
     owner = tenant_of(reader, brand_id)
     with services.transaction() as session:
-        return PartOut.of(catalog.update_part(session, owner, part_id, data.changes()))
+        part = catalog.update_part(session, owner, part_id, data.changes(), actor=reader.actor)
+        return PartOut.of(part)
 
 
 @post("/v1/parts/{part_id:str}/profiles", sync_to_thread=True, tags=["catalog"])
@@ -84,7 +86,8 @@ def add_profile(
     owner = tenant_of(reader, brand_id)
     settings = msgspec.to_builtins(data)
     with services.transaction() as session:
-        return PrintProfileOut.of(catalog.add_print_profile(session, owner, part_id, settings))
+        profile = catalog.add_print_profile(session, owner, part_id, settings, actor=reader.actor)
+        return PrintProfileOut.of(profile)
 
 
 @get("/v1/parts/{part_id:str}/profiles", sync_to_thread=True, tags=["catalog"])

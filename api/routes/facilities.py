@@ -30,7 +30,9 @@ def register_facility(
 ) -> FacilityApproved:
     """The operator registers an approved facility; its API token is returned once."""
     with services.transaction() as session:
-        row = facilities.register_facility(session, msgspec.to_builtins(data), approved=True)
+        row = facilities.register_facility(
+            session, msgspec.to_builtins(data), approved=True, actor=operator.actor
+        )
         token = facilities.issue_facility_token(session, row.id)
         return FacilityApproved(facility=FacilityOut.of(row), token=token)
 
@@ -39,15 +41,18 @@ def register_facility(
 def apply_as_facility(data: JSONBody[FacilityIn], services: Svc) -> FacilityOut:
     """Self-service registration: the facility waits for the operator's approval."""
     with services.transaction() as session:
-        return FacilityOut.of(
-            facilities.register_facility(session, msgspec.to_builtins(data), approved=False)
+        row = facilities.register_facility(
+            session, msgspec.to_builtins(data), approved=False, actor="public:application"
         )
+        return FacilityOut.of(row)
 
 
 @post("/v1/facilities/{facility_id:str}/approve", sync_to_thread=True, tags=["facilities"])
 def approve_facility(facility_id: FromPath[str], operator: Auth, services: Svc) -> FacilityApproved:
     with services.transaction() as session:
-        row = facilities.set_facility_status(session, facility_id, FacilityStatus.approved)
+        row = facilities.set_facility_status(
+            session, facility_id, FacilityStatus.approved, actor=operator.actor
+        )
         token = facilities.issue_facility_token(session, row.id)
         return FacilityApproved(facility=FacilityOut.of(row), token=token)
 
@@ -55,9 +60,10 @@ def approve_facility(facility_id: FromPath[str], operator: Auth, services: Svc) 
 @post("/v1/facilities/{facility_id:str}/suspend", sync_to_thread=True, tags=["facilities"])
 def suspend_facility(facility_id: FromPath[str], operator: Auth, services: Svc) -> FacilityOut:
     with services.transaction() as session:
-        return FacilityOut.of(
-            facilities.set_facility_status(session, facility_id, FacilityStatus.suspended)
+        row = facilities.set_facility_status(
+            session, facility_id, FacilityStatus.suspended, actor=operator.actor
         )
+        return FacilityOut.of(row)
 
 
 @get("/v1/facilities", sync_to_thread=True, tags=["facilities"])
@@ -90,7 +96,8 @@ def update_facility(
     ):
         raise NotFound("no such facility", code="facility-not-found")
     with services.transaction() as session:
-        return FacilityOut.of(facilities.update_facility(session, facility_id, data.changes()))
+        row = facilities.update_facility(session, facility_id, data.changes(), actor=caller.actor)
+        return FacilityOut.of(row)
 
 
 @post("/v1/certifications", sync_to_thread=True, tags=["facilities"])
@@ -106,6 +113,7 @@ def certify_facility(
             processes=[p.value for p in data.processes],
             materials=data.materials,
             expires_at=data.expires_at,
+            actor=brand.actor,
         )
         return CertificationOut.of(row)
 
@@ -141,7 +149,7 @@ def change_certification(
     assert brand.brand_id is not None
     with services.transaction() as session:
         row = facilities.set_certification_status(
-            session, brand.brand_id, cert_id, NEW_STATUS[action], data.reason
+            session, brand.brand_id, cert_id, NEW_STATUS[action], data.reason, actor=brand.actor
         )
         return CertificationOut.of(row)
 

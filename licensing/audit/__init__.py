@@ -3,7 +3,7 @@
 Public API (see docs/audit.md):
 
 - record: `AuditEvent`, `append_event`, `append_events` → `AuditReceipt`;
-  `record_event` (queued inside `queued_appends`, for group commits)
+  `record_event` (queued inside `queued_appends`, for group commits), `log_event`
 - serve: `latest_checkpoint`, `checkpoints`, `inclusion_proof`,
   `consistency_proof`, `entries`, `log_size`, `tree_root`
 - verify offline: `verify_log`, `parse_and_verify_checkpoint`, `read_checkpoint`,
@@ -36,6 +36,7 @@ from licensing.audit.log import (
     entries,
     inclusion_proof,
     latest_checkpoint,
+    log_event,
     log_size,
     queued_appends,
     record_event,
@@ -71,6 +72,7 @@ __all__ = [
     "inclusion_proof",
     "latest_checkpoint",
     "leaf_hash",
+    "log_event",
     "log_size",
     "parse_and_verify_checkpoint",
     "queued_appends",

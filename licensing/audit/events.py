@@ -36,29 +36,35 @@ _ID = re.compile(r"[A-Za-z0-9_.\-:]{1,128}")
 class EventType(StrEnum):
     """The event types partvault records (``source:subject:action``).
 
-    Any type of that shape is accepted; these are the ones the domain uses,
-    listed with their meaning in docs/audit.md.
+    Any type of that shape is accepted; these are the ones the domain records
+    (order steps are ``licensing:order:<step>``), listed with their meaning in
+    docs/audit.md.
     """
 
-    PART_CREATE = "inventory:part:create"
-    REVISION_UPLOAD = "inventory:revision:upload"
-    REVISION_SHRED = "inventory:revision:shred"
+    PART_CREATED = "inventory:part:created"
+    PART_UPDATED = "inventory:part:updated"
     PROFILE_SET = "inventory:profile:set"
-    KEK_ROTATE = "inventory:key:rotate"
-    FACILITY_REGISTER = "licensing:facility:register"
-    FACILITY_CERTIFY = "licensing:facility:certify"
-    FACILITY_DECERTIFY = "licensing:facility:decertify"
-    ORDER_PLACE = "licensing:order:place"
-    ORDER_ROUTE = "licensing:order:route"
-    ORDER_COMPLETE = "licensing:order:complete"
-    ORDER_CANCEL = "licensing:order:cancel"
-    LICENCE_ISSUE = "licensing:licence:issue"
-    LICENCE_REVOKE = "licensing:licence:revoke"
-    PRINT_REDEEM = "licensing:print:redeem"
-    PRINT_DOWNLOAD = "licensing:print:download"
-    PRINT_REPORT = "licensing:print:report"
-    SIGNING_KEY_ROTATE = "licensing:key:rotate"
-    LEAK_TRACE = "watermark:leak:trace"
+    REVISION_UPLOADED = "inventory:revision:uploaded"
+    REVISION_SHREDDED = "inventory:revision:shredded"
+    BRAND_POLICY_SET = "inventory:brand:policy_set"
+    KEK_ROTATED = "inventory:kek:rotated"
+    FACILITY_REGISTERED = "licensing:facility:registered"
+    FACILITY_APPROVED = "licensing:facility:approved"
+    FACILITY_SUSPENDED = "licensing:facility:suspended"
+    FACILITY_UPDATED = "licensing:facility:updated"
+    CERTIFICATION_GRANTED = "licensing:certification:granted"
+    CERTIFICATION_SUSPENDED = "licensing:certification:suspended"
+    CERTIFICATION_REINSTATED = "licensing:certification:reinstated"
+    CERTIFICATION_REVOKED = "licensing:certification:revoked"
+    LICENCE_ISSUED = "licensing:licence:issued"
+    LICENCE_REVOKED = "licensing:licence:revoked"
+    PRINT_REDEEMED = "licensing:print:redeemed"
+    PRINT_DOWNLOADED = "licensing:print:downloaded"
+    PRINT_PRINTED = "licensing:print:printed"
+    PRINT_FAILED = "licensing:print:failed"
+    SIGNING_KEY_ROTATED = "licensing:signing_key:rotated"
+    CHECKPOINT_KEY_ROTATED = "licensing:checkpoint_key:rotated"
+    TRACE_PERFORMED = "watermark:trace:performed"
 
 
 @dataclass(frozen=True)

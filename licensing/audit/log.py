@@ -24,7 +24,13 @@ from inventory.db import metadata, utcnow
 from licensing.audit import merkle
 from licensing.audit.checkpoint import NoteSigner, sign_checkpoint
 from licensing.audit.errors import AuditRangeError, AuditStorageError
-from licensing.audit.events import AuditEvent, canonical_document, encode_document, encode_subject
+from licensing.audit.events import (
+    AuditEvent,
+    FactValue,
+    canonical_document,
+    encode_document,
+    encode_subject,
+)
 from licensing.audit.merkle import CompactRange, Coord
 from licensing.audit.models import HEAD_ID, AuditCheckpoint
 
@@ -193,6 +199,20 @@ def record_event(session: Session, event: AuditEvent) -> None:
         append_event(session, event)
     else:
         queue.append(event)
+
+
+def log_event(
+    session: Session,
+    kind: str,
+    actor: str,
+    *,
+    subject: Mapping[str, str],
+    brand_id: str | None = None,
+    **facts: FactValue,
+) -> None:
+    """`record_event` of the event made of these parts (``kind`` is its type)."""
+    event = AuditEvent(type=kind, actor=actor, brand_id=brand_id, subject=subject, facts=facts)
+    record_event(session, event)
 
 
 def _entry_row(

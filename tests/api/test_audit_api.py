@@ -465,3 +465,51 @@ def test_checkpoint_key_rotation_keeps_pinned_keys_verifying(world, cli, tmp_pat
     (event,) = [e for e in entries if e["event_type"] == "licensing:checkpoint_key:rotated"]
     facts = json.loads(base64.b64decode(event["body"]))["facts"]
     assert facts == {"retired": old, "current": new}
+
+
+def test_every_state_change_is_logged_with_its_actor(world):
+    """Catalog, policy, facility and certification changes land in the log; a brand
+    reads its own events in full and the operator's facility events redacted."""
+    api = world.api
+    part, cert = world.part["id"], world.certification["id"]
+    api.ok("PATCH", f"/v1/parts/{part}", world.brand, json={"royalty_per_print_cents": 90})
+    api.ok(
+        "POST", f"/v1/brands/{world.brand_id}/policy", world.brand, json={"reprints_per_licence": 2}
+    )
+    for action in ("suspend", "reinstate", "revoke"):
+        api.ok("POST", f"/v1/certifications/{cert}/{action}", world.brand, json={"reason": "audit"})
+    world.bureau.ok("PATCH", f"/v1/facilities/{world.bureau.id}", json={"capacity": 3})
+    api.ok("POST", f"/v1/facilities/{world.bureau.id}/suspend", api.admin)
+
+    entries = api.ok("GET", "/v1/audit/entries", api.admin)["items"]
+    brand, facility = f"brand:{world.brand_id}", f"facility:{world.bureau.id}"
+    operator = "operator:" + world.api.ok("GET", "/v1/tokens", api.admin)[0]["id"]
+    assert [(e["event_type"], e["actor"]) for e in entries] == [
+        ("inventory:part:created", brand),
+        ("inventory:profile:set", brand),
+        ("inventory:revision:uploaded", brand),
+        ("licensing:facility:registered", operator),
+        ("licensing:certification:granted", brand),
+        ("inventory:part:updated", brand),
+        ("inventory:brand:policy_set", brand),
+        ("licensing:certification:suspended", brand),
+        ("licensing:certification:reinstated", brand),
+        ("licensing:certification:revoked", brand),
+        ("licensing:facility:updated", facility),
+        ("licensing:facility:suspended", operator),
+    ]
+    facts = {e["event_type"]: json.loads(_b(e["body"]))["facts"] for e in entries}
+    assert facts["inventory:part:updated"] == {
+        "changed": ["royalty_per_print_cents"],
+        "status": "active",
+        "royalty_per_print_cents": 90,
+        "currency": "EUR",
+    }
+    assert facts["licensing:certification:granted"]["processes"] == ["SLA"]
+    assert facts["licensing:certification:revoked"] == {"reason": "audit"}
+    assert facts["licensing:facility:updated"]["changed"] == ["capacity"]
+    seen = api.ok("GET", "/v1/audit/entries", world.brand)["items"]
+    redacted = {e["index"] for e in seen if e["redacted"]}
+    assert redacted == {
+        e["index"] for e in entries if e["event_type"].startswith("licensing:facility:")
+    }

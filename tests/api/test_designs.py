@@ -126,5 +126,9 @@ def test_shredding_destroys_the_key_and_download_is_410(api, cube_stl):
         )
     engine.dispose()
     assert key is None
-    assert events == ["inventory:revision:uploaded", "inventory:revision:shredded"]
+    assert events == [
+        "inventory:part:created",
+        "inventory:revision:uploaded",
+        "inventory:revision:shredded",
+    ]
     assert _stored_objects(api) == []
