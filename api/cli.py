@@ -163,16 +163,15 @@ def keys_rotate_checkpoint() -> None:
     Brands need not re-pin: `audit verify` follows the handover checkpoint,
     which both keys sign, from either key.
     """
-    from licensing.audit import latest_checkpoint
-    from licensing.audit.signer import current_log_signer, rotate_log_key
+    from licensing.audit.signer import rotate_log_key
 
     services = _local_services()
     with services.transaction() as session:
-        rotate_log_key(session, services.keyring, services.audit_origin, actor="operator:cli")
-        signer = current_log_signer(session, services.keyring)
-        latest_checkpoint(session, signer, services.audit_origin)
+        verifier_key = rotate_log_key(
+            session, services.keyring, services.audit_origin, actor="operator:cli"
+        )
     services.close()
-    click.echo(signer.verifier_key(services.audit_origin))
+    click.echo(verifier_key)
 
 
 def append_system_event(session: Any, kind: str, facts: dict[str, Any]) -> None:

@@ -124,12 +124,7 @@ class Prepared:
         session.flush()
         connection = session.connection()
         compiled = self._compiled.get(connection.dialect) or self._compile(connection.dialect)
-        cursor = connection.connection.cursor()
-        try:
-            cursor.execute(compiled.sql, compiled.parameters(params))
-            return list(cursor.fetchall()) if cursor.description else []
-        finally:
-            cursor.close()
+        return _on_driver(connection, compiled.sql, compiled.parameters(params))
 
     def _compile(self, dialect: Dialect) -> _DriverStatement:
         compiled = self._statement.compile(dialect=dialect)
@@ -232,9 +227,20 @@ def _plain_savepoints(dialect: Dialect) -> None:
 
 
 def _driver_sql(verb: str, connection: sa.Connection, name: str) -> None:
+    _on_driver(connection, f"{verb} {name}")
+
+
+def _on_driver(
+    connection: sa.Connection, sql: str, params: list[Any] | dict[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
+    """Run `sql` on the connection's own driver cursor; the rows it returns."""
     cursor = connection.connection.cursor()
     try:
-        cursor.execute(f"{verb} {name}")
+        if params is None:
+            cursor.execute(sql)
+        else:
+            cursor.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description else []
     finally:
         cursor.close()
 

@@ -273,13 +273,7 @@ def latest_checkpoint(session: Session, signer: NoteSigner, origin: str) -> Sign
     stored = _stored_checkpoint(session, origin, size)
     if stored is not None:
         return stored
-    root = merkle.tree_root(DbHashReader(session), size)
-    now = utcnow()
-    note = sign_checkpoint(origin, size, root, signer, now)
-    row = AuditCheckpoint(origin=origin, size=size, root=root, signed_note=note, created_at=now)
-    session.add(row)
-    session.flush()
-    return SignedCheckpoint(origin, size, root, note, now)
+    return _sign_and_store(session, origin, size, signer)
 
 
 def handover_checkpoint(
@@ -290,10 +284,19 @@ def handover_checkpoint(
     The note names both verifier keys, so a brand holding either key learns
     the other from a checkpoint both signed (see `licensing.audit.verify`).
     """
-    size = log_size(session)
+    return _sign_and_store(session, origin, log_size(session), retired, handover_to=current)
+
+
+def _sign_and_store(
+    session: Session,
+    origin: str,
+    size: int,
+    signer: NoteSigner,
+    handover_to: NoteSigner | None = None,
+) -> SignedCheckpoint:
     root = merkle.tree_root(DbHashReader(session), size)
     now = utcnow()
-    note = sign_checkpoint(origin, size, root, retired, now, handover_to=current)
+    note = sign_checkpoint(origin, size, root, signer, now, handover_to=handover_to)
     row = AuditCheckpoint(origin=origin, size=size, root=root, signed_note=note, created_at=now)
     session.add(row)
     session.flush()

@@ -31,11 +31,9 @@ from inventory.crypto.keyring import KeyRing, rewrap_rows
 from inventory.db import UTCDateTime, insert_if_absent, utcnow
 from inventory.errors import Conflict, Unavailable
 from licensing.audit.checkpoint import verifier_key_string
-from licensing.audit.events import AuditEvent
+from licensing.audit.events import AuditEvent, EventType
 from licensing.audit.log import append_event, handover_checkpoint
 from licensing.tokens.signer import new_ed25519_key
-
-CHECKPOINT_KEY_ROTATED = "licensing:checkpoint_key:rotated"
 
 
 class AuditLogKey(SQLModel, table=True):
@@ -118,7 +116,9 @@ def current_log_signer(session: Session, keyring: KeyRing) -> LogSigner:
 
 
 def rotate_log_key(session: Session, keyring: KeyRing, origin: str, *, actor: str) -> str:
-    """Retire the current checkpoint key, make a new one current; return its id (no commit).
+    """Retire the current checkpoint key, make a new one current (no commit).
+
+    Returns the new key's verifier key string, the one brands pin from now on.
 
     The rotation is an audit event naming both keys, and the checkpoint that
     covers it is a handover signed by both: `verify_log` follows it from a key
@@ -130,7 +130,7 @@ def rotate_log_key(session: Session, keyring: KeyRing, origin: str, *, actor: st
     append_event(
         session,
         AuditEvent(
-            type=CHECKPOINT_KEY_ROTATED,
+            type=EventType.CHECKPOINT_KEY_ROTATED,
             actor=actor,
             facts={
                 "retired": retired.verifier_key(origin),
@@ -146,7 +146,7 @@ def rotate_log_key(session: Session, keyring: KeyRing, origin: str, *, actor: st
     )
     session.add(row)
     session.flush()
-    return row.key_id
+    return current.verifier_key(origin)
 
 
 def current_public_key(session: Session) -> Ed25519PublicKey:

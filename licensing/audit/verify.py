@@ -164,19 +164,22 @@ def _key_eras(checkpoints: Sequence[Checkpoint], pinned: VerifierKey) -> list[_E
 
 
 def _verified(checkpoint: Checkpoint, eras: Sequence[_Era]) -> Checkpoint:
-    """The checkpoint verified by a key trusted at its size, or raise."""
-    signer = next(
-        (e.key for e in eras if e.covers(checkpoint.size) and _signed_by(checkpoint.note, e.key)),
-        None,
+    """The checkpoint verified by a key trusted at its size, or raise.
+
+    Each trusted key is tried once; when none verifies, a failing signature
+    by a trusted key says more than "unknown key" and is the error raised.
+    """
+    failures = []
+    for era in eras:
+        if era.covers(checkpoint.size):
+            try:
+                return parse_and_verify_checkpoint(checkpoint.note, era.key)
+            except AuditVerificationError as exc:
+                failures.append(exc)
+    unknown = _fail(
+        "checkpoint-unknown-key", f"no signature by a key trusted at size {checkpoint.size}"
     )
-    if signer is None:
-        for era in eras:  # a failing signature by a trusted key says more than "unknown"
-            if era.covers(checkpoint.size):
-                parse_and_verify_checkpoint(checkpoint.note, era.key)
-        raise _fail(
-            "checkpoint-unknown-key", f"no signature by a key trusted at size {checkpoint.size}"
-        )
-    return parse_and_verify_checkpoint(checkpoint.note, signer)
+    raise next((f for f in failures if f.code != "checkpoint-unknown-key"), unknown)
 
 
 def verify_log(
