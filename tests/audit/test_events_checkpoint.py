@@ -195,21 +195,33 @@ def test_documented_example_is_reproducible() -> None:
 
     body = encode_event(
         AuditEvent(
-            type="licensing:print:redeem",  # the documented example's type, kept as written
+            type="licensing:print:redeemed",
             actor="facility:fac_0a1b",
             brand_id="brand_42",
-            subject={"licence": "lic_1", "print": "prt_9"},
-            facts={"serial": "S-0001", "remaining": 3},
+            subject={
+                "licence": "lic_1",
+                "facility": "fac_0a1b",
+                "part": "part_7",
+                "revision": "rev_3",
+            },
+            facts={
+                "serial": "1c3f5a7e9b2d4f60",
+                "prints_used": 3,
+                "royalty_cents": 250,
+                "currency": "EUR",
+            },
             occurred_at=WHEN,
         )
     )
     assert body == (
-        b'{"actor":"facility:fac_0a1b","brand_id":"brand_42","facts":{"remaining":3,'
-        b'"serial":"S-0001"},"occurred_at":"2026-11-23T11:26:41.000005Z","subject":'
-        b'{"licence":"lic_1","print":"prt_9"},"type":"licensing:print:redeem","v":1}'
+        b'{"actor":"facility:fac_0a1b","brand_id":"brand_42","facts":{"currency":"EUR",'
+        b'"prints_used":3,"royalty_cents":250,"serial":"1c3f5a7e9b2d4f60"},'
+        b'"occurred_at":"2026-11-23T11:26:41.000005Z","subject":{"facility":"fac_0a1b",'
+        b'"licence":"lic_1","part":"part_7","revision":"rev_3"},'
+        b'"type":"licensing:print:redeemed","v":1}'
     )
     leaf = leaf_hash(body)
-    assert leaf.hex() == "064f74a1228b637433c8168f5cefac60b1e491d7b0fc4fcf0f22c8a7717b12b4"
+    assert leaf.hex() == "33dd91757c029e4e99afedc22b85a6adfe648636076981aa1f517560efef461e"
     key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
     vkey = verifier_key_string("partvault.example/audit", key.public_key())
     assert vkey == "partvault.example/audit+5a296df8+AQOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4"
@@ -217,8 +229,8 @@ def test_documented_example_is_reproducible() -> None:
         "partvault.example/audit", 1, leaf, key, datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
     )
     assert note == (
-        "partvault.example/audit\n1\nBk90oSKLY3QzyBaPXO+sYLHkkdew/E/PDyLIp3F7ErQ=\n"
+        "partvault.example/audit\n1\nM92RdXwCnk6Zr+3CK4Wmrf5khjYHaYGqH1F1YO/vRh4=\n"
         "time 2026-11-23T12:00:00.000000Z\n\n"
-        "\u2014 partvault.example/audit Wilt+H3j9ptA2/YHi2LbX3INUGaNzsPXof/GtNFJroJYDxmrAHay"
-        "dM0KRN1rF+9ZH82T8F8po3PgBvJ/28Z6+tXXJgc=\n"
+        "\u2014 partvault.example/audit Wilt+Ps/LxulnEt3ulBSym+SCkVpH95v96wqwRQpSvf8TMhE"
+        "t/2wEK196qJ/N4ej9I5sYm2MxERCf22TB6PZpObaFQY=\n"
     )
