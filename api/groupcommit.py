@@ -15,9 +15,13 @@ it in one transaction:
   (`shared_reads`) and forgotten whenever a request rolls back;
 - the audit events of the requests that succeed are appended as one batch
   (`queued_appends`);
+- a request with an Idempotency-Key claims its key, works and stores its
+  response under its savepoint, so the claim, the work and the stored response
+  commit together (a retry waits for that commit and replays, in any process);
+  a refusal after the claim is stored too and replayed like a success;
 - nobody is answered before the commit. If the transaction as a whole fails
   (the database went away, a bug), every request of the batch is run again
-  alone, so one request's failure is never another's.
+  alone, so one request's failure is never another's (and claims nothing).
 
 Exactly-once counting does not depend on any of this: it is still the
 database's conditional UPDATE, across any number of processes.
@@ -36,25 +40,47 @@ import msgspec
 from sqlmodel import Session
 
 from api.auth import Authorized, Credentials, authorize
+from api.problems import problem_body
 from api.services import Services
 from inventory.accounts import Principal, TokenKind
-from inventory.db import forget_shared_reads, shared_reads
+from inventory.db import forget_shared_reads, is_deadlock, shared_reads
 from inventory.errors import PartvaultError
 from licensing.audit import AuditEvent, queued_appends
+from licensing.orders import idempotency
+from licensing.orders.idempotency import Replay
 from licensing.tokens.replay import keep_spent
 
 #: The most requests one transaction takes (bounds a batch's latency).
 MAX_BATCH = 64
+#: How often a lone request that lost a deadlock is run again.
+DEADLOCK_RETRIES = 3
 Work = Callable[[Session, Principal], Any]
 
 
 @dataclass(frozen=True)
+class Once:
+    """What a request with an Idempotency-Key needs to run once per key."""
+
+    key: str | None  # validated after authentication, as `require_key` does it
+    fingerprint: str
+    path: str
+    status_code: int
+    request_id: str  # for a stored problem document, read on the request's own task
+
+
+@dataclass(frozen=True)
 class Request:
-    """One queued request: who calls, which roles may, and the work to run."""
+    """One queued request: who calls, which roles may, the work to run, and its
+    Idempotency-Key (if it came with one)."""
 
     credentials: Credentials
     kinds: Collection[TokenKind]
     work: Work
+    once: Once | None = None
+
+
+#: What a request gets: its JSON body, the stored answer to replay, or its refusal.
+Outcome = bytes | Replay | BaseException
 
 
 @dataclass
@@ -62,20 +88,21 @@ class _Queue:
     """The requests of one process waiting on its event loop, and the task draining them."""
 
     loop: asyncio.AbstractEventLoop
-    waiting: list[tuple[Request, asyncio.Future[bytes]]] = field(default_factory=list)
+    waiting: list[tuple[Request, asyncio.Future[bytes | Replay]]] = field(default_factory=list)
     draining: asyncio.Task[None] | None = None
 
 
 _queues: WeakKeyDictionary[Services, _Queue] = WeakKeyDictionary()
 
 
-async def run_grouped(services: Services, request: Request) -> bytes:
-    """The JSON body of `request`'s result once committed, or the error that refused it."""
+async def run_grouped(services: Services, request: Request) -> bytes | Replay:
+    """The JSON body of `request`'s result once committed (or, for a repeated
+    Idempotency-Key, the stored answer), or the error that refused it."""
     loop = asyncio.get_running_loop()
     queue = _queues.get(services)
     if queue is None or queue.loop is not loop:
         queue = _queues[services] = _Queue(loop)
-    answer: asyncio.Future[bytes] = loop.create_future()
+    answer: asyncio.Future[bytes | Replay] = loop.create_future()
     queue.waiting.append((request, answer))
     if queue.draining is None:
         queue.draining = loop.create_task(_drain(services, queue))
@@ -84,7 +111,7 @@ async def run_grouped(services: Services, request: Request) -> bytes:
 
 async def _drain(services: Services, queue: _Queue) -> None:
     """Commit batches until nothing waits; each batch is answered after its commit."""
-    batch: list[tuple[Request, asyncio.Future[bytes]]] = []
+    batch: list[tuple[Request, asyncio.Future[bytes | Replay]]] = []
     try:
         while queue.waiting:
             batch = queue.waiting[:MAX_BATCH]
@@ -102,17 +129,31 @@ async def _drain(services: Services, queue: _Queue) -> None:
         queue.draining = None
 
 
-def commit(services: Services, batch: list[Request]) -> list[bytes | BaseException]:
+def commit(services: Services, batch: list[Request]) -> list[Outcome]:
     """Run `batch` in one transaction; if that fails as a whole, each request alone."""
     try:
         return _commit_together(services, batch)
     except Exception as exc:
         if len(batch) == 1:
-            return [exc]
+            return [_alone_again(services, batch[0], exc)]
         return [commit(services, [request])[0] for request in batch]
 
 
-def _commit_together(services: Services, batch: list[Request]) -> list[bytes | BaseException]:
+def _alone_again(services: Services, request: Request, failure: Exception) -> Outcome:
+    """A lone request whose transaction lost a deadlock (to another process's batch:
+    e.g. a retry holding its Idempotency-Key while waiting for the licence row
+    this one holds) is run again, a few times; any other failure is its answer."""
+    for _ in range(DEADLOCK_RETRIES):
+        if not is_deadlock(failure):
+            break
+        try:
+            return _commit_together(services, [request])[0]
+        except Exception as exc:
+            failure = exc
+    return failure
+
+
+def _commit_together(services: Services, batch: list[Request]) -> list[Outcome]:
     with (
         services.transaction() as session,
         shared_reads(session),
@@ -121,16 +162,15 @@ def _commit_together(services: Services, batch: list[Request]) -> list[bytes | B
         return [_attempt(session, events, request) for request in batch]
 
 
-def _attempt(
-    session: Session, events: list[AuditEvent], request: Request
-) -> bytes | PartvaultError:
-    """One request under its own savepoint: its JSON body, or the error that refused it."""
+def _attempt(session: Session, events: list[AuditEvent], request: Request) -> Outcome:
+    """One request under its own savepoint: its JSON body, the answer stored for
+    its Idempotency-Key, or the error that refused it."""
     queued = len(events)
     authorized: Authorized | None = None
     savepoint = session.begin_nested()
     try:
         authorized = authorize(session, request.credentials, request.kinds)
-        body = msgspec.json.encode(request.work(session, authorized.principal))
+        outcome = _run(session, events, request, authorized.principal)
         savepoint.commit()
     except PartvaultError as exc:
         savepoint.rollback()
@@ -139,10 +179,54 @@ def _attempt(
         if authorized is not None and authorized.spent_proof is not None:
             keep_spent(session, authorized.spent_proof)
         return exc
+    return outcome
+
+
+def _run(
+    session: Session, events: list[AuditEvent], request: Request, principal: Principal
+) -> bytes | Replay | PartvaultError:
+    once = request.once
+    if once is None:
+        return msgspec.json.encode(request.work(session, principal))
+    key = idempotency.require_key(once.key)
+    claim = idempotency.begin(session, principal.token_id, key, once.fingerprint)
+    if isinstance(claim, Replay):
+        return claim
+    return _run_claimed(session, events, request, principal, claim.record_id)
+
+
+def _run_claimed(
+    session: Session,
+    events: list[AuditEvent],
+    request: Request,
+    principal: Principal,
+    record_id: str,
+) -> bytes | PartvaultError:
+    """The work of a claimed Idempotency-Key under a savepoint of its own, so that a
+    refusal (a client error) rolls back the work but keeps the claim: the refusal
+    is stored and replayed like a success, and a concurrent retry never finds the
+    key free in between. A server error raises, releasing the key with the rest."""
+    assert request.once is not None
+    once, queued = request.once, len(events)
+    work = session.begin_nested()
+    try:
+        body = msgspec.json.encode(request.work(session, principal))
+        work.commit()
+    except PartvaultError as exc:
+        work.rollback()
+        if exc.status >= 500:
+            raise
+        del events[queued:]
+        forget_shared_reads(session)
+        idempotency.finish(
+            session, record_id, exc.status, problem_body(exc, once.path, once.request_id)
+        )
+        return exc
+    idempotency.finish(session, record_id, once.status_code, body)
     return body
 
 
-def _settle(answer: asyncio.Future[bytes], outcome: bytes | BaseException) -> None:
+def _settle(answer: asyncio.Future[bytes | Replay], outcome: Outcome) -> None:
     """Answer a waiting request (unless its client went away meanwhile)."""
     if answer.done():
         return

@@ -1,15 +1,17 @@
 """Idempotent creating POSTs (IETF httpapi-idempotency-key draft).
 
-The caller is authorized and the key claimed in one transaction (so
-concurrent retries see it in flight), the work and the stored response commit
-together, and a client error is stored and replayed like a success; a server
-error releases the key. Without a key (where one is optional), authorization
-and work join the process's group commit (`api.groupcommit`): the hot path of
-issuance and redemption.
+Where a key is optional (issuance, redemption), authorization, the key's
+claim, the work and the stored response join the process's group commit
+(`api.groupcommit`), with or without a key: the hot path. Where a key is
+required (orders), the caller is authorized and the key claimed in one
+transaction of its own (so a concurrent retry sees it in flight), then the
+work and the stored response commit together. Either way a client error is
+stored and replayed like a success, and a server error releases the key.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import partial
@@ -22,7 +24,8 @@ from litestar.params import HeaderParameter
 from sqlmodel import Session
 
 from api.auth import Credentials, authorize
-from api.groupcommit import Request, run_grouped
+from api.groupcommit import Once, Request, run_grouped
+from api.logs import current_request_id
 from api.problems import PROBLEM_MEDIA_TYPE, problem_body
 from api.services import Services
 from inventory.accounts import Principal, TokenKind
@@ -58,22 +61,41 @@ class CreatingPost:
 
 
 async def run_creating(services: Services, post: CreatingPost) -> Response[bytes]:
-    """Run a creating POST: once per Idempotency-Key (`run_idempotent`, in a worker
-    thread) or, without a key where it is optional, in the group commit."""
-    if post.key is None and not post.key_required:
-        body = await run_grouped(services, Request(post.credentials, post.kinds, post.work))
-        return _json(body, post.status_code)
-    return await in_thread(run_idempotent, services, post)
+    """Run a creating POST: in the group commit where a key is optional, else once
+    per Idempotency-Key in transactions of its own (`run_idempotent`)."""
+    if post.key_required:
+        return await in_thread(run_idempotent, services, post)
+    outcome = await run_grouped(
+        services, Request(post.credentials, post.kinds, post.work, _once(post))
+    )
+    if isinstance(outcome, Replay):
+        return _replay(outcome)
+    return _json(outcome, post.status_code)
+
+
+def _once(post: CreatingPost) -> Once | None:
+    if post.key is None:
+        return None
+    return Once(
+        key=post.key,
+        fingerprint=_fingerprint(post),
+        path=post.path,
+        status_code=post.status_code,
+        request_id=current_request_id() or secrets.token_hex(8),
+    )
+
+
+def _fingerprint(post: CreatingPost) -> str:
+    return idempotency.fingerprint(post.method, post.path, msgspec.json.encode(post.payload))
 
 
 def run_idempotent(services: Services, post: CreatingPost) -> Response[bytes]:
     """Authorize the caller, then run the work once per (token, key) (a missing key
     is 400); replay its stored response afterwards."""
-    fingerprint = idempotency.fingerprint(post.method, post.path, msgspec.json.encode(post.payload))
     with services.transaction() as session:
         principal = authorize(session, post.credentials, post.kinds).principal
         key = idempotency.require_key(post.key)
-        outcome = idempotency.begin(session, principal.token_id, key, fingerprint)
+        outcome = idempotency.begin(session, principal.token_id, key, _fingerprint(post))
     if isinstance(outcome, Replay):
         return _replay(outcome)
     try:

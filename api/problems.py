@@ -48,9 +48,10 @@ def _body(
     }
 
 
-def problem_body(exc: PartvaultError, path: str) -> bytes:
-    """The encoded problem document of a domain error (stored for idempotent replays)."""
-    request_id = current_request_id() or secrets.token_hex(8)
+def problem_body(exc: PartvaultError, path: str, request_id: str | None = None) -> bytes:
+    """The encoded problem document of a domain error (stored for idempotent replays);
+    `request_id` defaults to the current request's."""
+    request_id = request_id or current_request_id() or secrets.token_hex(8)
     return msgspec.json.encode(
         _body(exc.status, exc.code, exc.title, exc.detail, path, request_id, **exc.extra)
     )

@@ -14,12 +14,17 @@ HTTP, and then measures requests per second of
   (c) ``POST /v1/licences/{jti}/redeem`` (token + DPoP + licence check, the
       counting UPDATE, the print job and its audit leaf),
 
+  (d), (e) the same two with an ``Idempotency-Key`` on every request (what a
+      client that retries safely sends: the key is claimed and the answer
+      stored in the same transaction),
+
 with the same load generator: a minimal asyncio HTTP/1.1 keep-alive client on
 N connections (much cheaper per request than httpx, so the client steals as
 little as possible of the 2 cores it shares with the server). DPoP proofs are
-signed before the redemption phase starts, so their cost is not counted (it is
+signed before the redemption phases start, so their cost is not counted (it is
 printed separately). Prints each rate and the ratios issuance/trivial (goal
->= 0.3) and redemption/trivial (goal >= 0.2).
+>= 0.3) and redemption/trivial (goal >= 0.2), and of each keyed phase to its
+unkeyed one.
 """
 
 from __future__ import annotations
@@ -324,6 +329,14 @@ def measure(port: int, raws: list[bytes], connections: int, seconds: float, labe
 # --------------------------------------------------------------------------- phases
 
 
+def keyed(requests: list[Request]) -> list[Request]:
+    """The same requests, each with an Idempotency-Key of its own."""
+    return [
+        Request(r.method, r.path, r.headers | {"idempotency-key": secrets.token_hex(12)}, r.body)
+        for r in requests
+    ]
+
+
 def issue_requests(tenant: Tenant, count: int, prints: int = 1) -> list[Request]:
     body = json.dumps(
         {
@@ -399,6 +412,11 @@ def bench(server: Server, tenant: Tenant, connections: int, seconds: float) -> d
     redeem, sign_cost = redeem_requests(server, tenant, estimate)
     raws = [r.encode(port) for r in redeem]
     rates["redeem"] = measure(port, raws, connections, seconds, "(c) POST .../redeem")
+    issue = [r.encode(port) for r in keyed(issue_requests(tenant, estimate))]
+    rates["issue_keyed"] = measure(port, issue, connections, seconds, "(d) (b) + Idempotency-Key")
+    redeem, _ = redeem_requests(server, tenant, estimate)
+    raws = [r.encode(port) for r in keyed(redeem)]
+    rates["redeem_keyed"] = measure(port, raws, connections, seconds, "(e) (c) + Idempotency-Key")
     print(f"  client-side proof signing: {sign_cost * 1e6:.0f} us per proof (not counted)")
     return rates
 
@@ -432,13 +450,20 @@ def main() -> None:
         for kind, goal in GOALS.items():
             verdict = "ok" if ratios[kind] >= goal else "MISSES GOAL"
             print(f"  ratio {kind}/trivial = {ratios[kind]:.3f} (goal >= {goal}) {verdict}")
+        for kind in GOALS:
+            ratios[f"{kind}_keyed"] = rates[f"{kind}_keyed"] / rates[kind]
+            print(f"  ratio {kind} keyed/unkeyed = {ratios[f'{kind}_keyed']:.3f}")
         summary.append((workers, rates, ratios))
     print(f"\nsummary ({backend}):")
-    print("  workers  trivial/s  ready/s  issue/s  redeem/s  issue/trivial  redeem/trivial")
+    print(
+        "  workers  trivial/s  ready/s  issue/s  redeem/s  issue/trivial  redeem/trivial"
+        "  keyed issue/s  keyed redeem/s"
+    )
     for workers, rates, ratios in summary:
         print(
             f"  {workers:7d}  {rates['trivial']:9.1f}  {rates['ready']:7.1f}  {rates['issue']:7.1f}  "
             f"{rates['redeem']:8.1f}  {ratios['issue']:13.3f}  {ratios['redeem']:14.3f}"
+            f"  {rates['issue_keyed']:13.1f}  {rates['redeem_keyed']:14.1f}"
         )
 
 

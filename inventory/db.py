@@ -166,6 +166,25 @@ class _DriverStatement:
         return values if self.positional else dict(zip(self.names, values, strict=True))
 
 
+#: PostgreSQL's deadlock_detected and serialization_failure: the transaction lost a
+#: race and may simply be run again.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def is_deadlock(exc: BaseException) -> bool:
+    """Whether `exc` (or an error it was raised from) says the transaction lost a
+    deadlock or a serialization conflict, so running it again may succeed."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        sqlstate = (
+            getattr(seen.orig, "sqlstate", None) if isinstance(seen, sa.exc.DBAPIError) else None
+        )
+        if sqlstate in _RETRYABLE_SQLSTATES:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def insert_if_absent(
     session: Session, model: type[SQLModel], row: dict[str, Any], key: str
 ) -> bool:
@@ -233,7 +252,12 @@ def _driver_sql(verb: str, connection: sa.Connection, name: str) -> None:
 def _on_driver(
     connection: sa.Connection, sql: str, params: list[Any] | dict[str, Any] | None = None
 ) -> list[tuple[Any, ...]]:
-    """Run `sql` on the connection's own driver cursor; the rows it returns."""
+    """Run `sql` on the connection's own driver cursor; the rows it returns.
+
+    A driver error is raised as SQLAlchemy would raise it (wrapped in its
+    `DBAPIError` subclass, the connection invalidated on a disconnect), so
+    callers see the same errors as from `Session.execute`.
+    """
     cursor = connection.connection.cursor()
     try:
         if params is None:
@@ -241,8 +265,21 @@ def _on_driver(
         else:
             cursor.execute(sql, params)
         return list(cursor.fetchall()) if cursor.description else []
+    except connection.dialect.loaded_dbapi.Error as exc:
+        disconnected = connection.dialect.is_disconnect(exc, connection.connection, cursor)
+        if disconnected:
+            connection.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(
+            sql,
+            params,
+            exc,
+            connection.dialect.loaded_dbapi.Error,
+            connection_invalidated=disconnected,
+            dialect=connection.dialect,
+        ) from exc
     finally:
-        cursor.close()
+        if not connection.invalidated:
+            cursor.close()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

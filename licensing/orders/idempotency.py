@@ -20,6 +20,11 @@ same key sees the first one in flight::
             finish(s, outcome.record_id, exc.status, problem_body)  # or abandon()
             s.commit()
 
+Or claim, work and finish in one transaction, the work under a savepoint of
+its own so that a refusal keeps the claim (what `api.groupcommit` does for
+issuance and redemption): a concurrent retry then waits for that commit and
+replays instead of seeing the key in flight.
+
 Rules: missing key → 400 ``idempotency-key-missing``; same key and same
 request fingerprint, finished → the stored response is replayed; same key,
 different fingerprint → 422 ``idempotency-key-reused``; same key still in
@@ -36,12 +41,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, select
 
-from inventory.db import UTCDateTime, new_id, utcnow
+from inventory.db import Prepared, UTCDateTime, insert_if_absent, new_id, utcnow
 from inventory.errors import BadRequest, Conflict, Invalid
 
 KEY_TTL = timedelta(hours=24)
@@ -124,23 +129,26 @@ def begin(
 ) -> Replay | Started:
     """Claim `key` for this request, or say what happened to it before."""
     now = now or utcnow()
-    record = IdempotencyRecord(
-        id=new_id("idem"),
-        scope=scope,
-        key=key,
-        request_fingerprint=request_fingerprint,
-        status=IN_PROGRESS,
-        created_at=now,
-        started_at=now,
-        expires_at=now + KEY_TTL,
-    )
+    record_id = new_id("idem")
+    record: dict[str, Any] = {
+        "id": record_id,
+        "scope": scope,
+        "key": key,
+        "request_fingerprint": request_fingerprint,
+        "status": IN_PROGRESS,
+        "response_status": None,
+        "response_body": None,
+        "created_at": now,
+        "started_at": now,
+        "expires_at": now + KEY_TTL,
+    }
     if _try_insert(session, record):
-        return Started(record.id)
+        return Started(record_id)
     existing = _load(session, scope, key)
     if existing is None or existing.expires_at <= now:
         _delete_expired(session, scope, key, now)
         if _try_insert(session, record):
-            return Started(record.id)
+            return Started(record_id)
         raise Conflict(
             "this Idempotency-Key is being used right now", code="idempotency-key-in-flight"
         )
@@ -168,14 +176,13 @@ def _outcome_for(
     )
 
 
-def _try_insert(session: Session, record: IdempotencyRecord) -> bool:
-    try:
-        with session.begin_nested():
-            session.add(record)
-            session.flush()
-    except IntegrityError:
-        return False
-    return True
+def _try_insert(session: Session, record: dict[str, Any]) -> bool:
+    """Claim: ``INSERT … ON CONFLICT DO NOTHING``, so a taken key fails no statement.
+
+    On PostgreSQL a claim by a concurrent, uncommitted transaction makes this
+    wait for it, and then see its outcome.
+    """
+    return insert_if_absent(session, IdempotencyRecord, record, "id")
 
 
 def _load(session: Session, scope: str, key: str) -> IdempotencyRecord | None:
@@ -211,13 +218,20 @@ def _take_over(session: Session, record: IdempotencyRecord, now: datetime) -> bo
 
 def finish(session: Session, record_id: str, status: int, body: bytes) -> None:
     """Store the response of a started request; later retries replay it."""
-    table = RECORDS
-    session.execute(
-        sa.update(table)
-        .where(table.c.id == record_id)
-        .values(status=DONE, response_status=status, response_body=body)
+    _FINISH.rows(
+        session, {"record_id": record_id, "response_status": status, "response_body": body}
     )
-    session.flush()
+
+
+_FINISH = Prepared(
+    sa.update(RECORDS)
+    .where(RECORDS.c.id == sa.bindparam("record_id"))
+    .values(
+        status=DONE,
+        response_status=sa.bindparam("response_status"),
+        response_body=sa.bindparam("response_body"),
+    )
+)
 
 
 def abandon(session: Session, record_id: str) -> None:

@@ -6,7 +6,9 @@ PostgreSQL database, set up over HTTP like a brand and an operator would, and
 then a licence for 37 prints is redeemed by 200 concurrent requests, each with
 its own proof of possession. Exactly 37 must win; every other request must be
 a clean 409 ``licence-exhausted`` (never a 5xx), and the counter, the print
-jobs and the audit leaves must all agree.
+jobs and the audit leaves must all agree. The same again with every request
+sent twice at once under one Idempotency-Key (a bureau retrying): each key
+counts at most once, and both copies get the same answer.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ PRINTS = 37
 ATTEMPTS = 200
 CLIENT_THREADS = 40
 WORKERS = 4
-REDEEMED = "SELECT count(*) FROM audit_entry WHERE event_type = 'licensing:print:redeemed'"
+REDEEMED = (
+    "SELECT count(*) FROM audit_entry WHERE event_type = 'licensing:print:redeemed'"
+    " AND subject LIKE :subject"
+)
 
 
 def _free_port() -> int:
@@ -155,9 +160,9 @@ class Setup:
     licence: dict[str, Any]
 
 
-def _set_up(client: httpx.Client, admin: str, mesh: bytes) -> Setup:
-    """Brand, profiled part, uploaded revision, certified facility, licence for 37."""
-    brand_row = _ok(client, "POST", "/v1/brands", admin, json={"name": "Acme"})
+def _set_up(client: httpx.Client, admin: str, mesh: bytes, name: str) -> Setup:
+    """Brand `name`, profiled part, uploaded revision, certified facility, licence for 37."""
+    brand_row = _ok(client, "POST", "/v1/brands", admin, json={"name": name})
     brand = _ok(
         client,
         "POST",
@@ -177,7 +182,13 @@ def _set_up(client: httpx.Client, admin: str, mesh: bytes) -> Setup:
         headers={"content-type": "application/octet-stream"},
     )
     pop, _, pop_pem, wrap_pem = facility_keys()
-    created = _ok(client, "POST", "/v1/facilities", admin, json=facility_body(pop_pem, wrap_pem))
+    created = _ok(
+        client,
+        "POST",
+        "/v1/facilities",
+        admin,
+        json=facility_body(pop_pem, wrap_pem, name=f"{name} Print Hub"),
+    )
     facility_id = created["facility"]["id"]
     _ok(
         client,
@@ -217,7 +228,7 @@ def _facility_headers(server: Server, setup: Setup, method: str, path: str) -> d
     return {"Authorization": f"Bearer {setup.facility_token}", "DPoP": proof}
 
 
-def test_200_concurrent_redemptions_count_exactly_37(server: Server, meshes_dir: Path) -> None:
+def _client(server: Server) -> httpx.Client:
     # idle connections are dropped long before uvicorn's 5 s keep-alive timeout closes
     # them server-side: reusing one the server is closing is a client-side race
     limits = httpx.Limits(
@@ -225,51 +236,94 @@ def test_200_concurrent_redemptions_count_exactly_37(server: Server, meshes_dir:
         max_keepalive_connections=CLIENT_THREADS,
         keepalive_expiry=1.0,
     )
-    with httpx.Client(base_url=server.base, timeout=60, limits=limits) as client:
-        setup = _set_up(client, server.admin, (meshes_dir / "20mm-xyz-cube.stl").read_bytes())
-        jti = setup.licence["jti"]
-        path = f"/v1/licences/{jti}/redeem"
-        body = {"licence": setup.licence["token"]}
+    return httpx.Client(base_url=server.base, timeout=60, limits=limits)
+
+
+def _race(
+    client: httpx.Client, server: Server, path: str, body: Any, headers: list[dict[str, str]]
+) -> list[httpx.Response]:
+    """POST `body` to `path` once per header set, from CLIENT_THREADS threads at once."""
+
+    def post(h: dict[str, str]) -> httpx.Response:
+        try:
+            return client.post(path, json=body, headers=h)
+        except httpx.TransportError as exc:
+            log = server.stderr.read_text()[-3000:]
+            raise AssertionError(f"{exc!r}; server log:\n{log}") from exc
+
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        responses = list(pool.map(post, headers))
+    assert not [r for r in responses if r.status_code >= 500], (
+        [r.text for r in responses if r.status_code >= 500][:1],
+        server.stderr.read_text()[-3000:],
+    )
+    return responses
+
+
+def _assert_counted(client: httpx.Client, server: Server, setup: Setup, serials: set[str]) -> None:
+    """Counter, print jobs and audit leaves of the licence all say `serials`."""
+    jti = setup.licence["jti"]
+    counted = _ok(client, "GET", f"/v1/licences/{jti}", setup.brand)
+    assert counted["prints_used"] == len(serials)
+    jobs = client.get("/v1/jobs", headers=_facility_headers(server, setup, "GET", "/v1/jobs"))
+    assert jobs.status_code == 200, jobs.text
+    assert {job["serial"] for job in jobs.json()} == serials
+    assert len(jobs.json()) == len(serials)
+    engine = sa.create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            redeemed = conn.execute(sa.text(REDEEMED), {"subject": f"%{jti}%"}).scalar_one()
+            assert redeemed == len(serials)
+            jobs_of = "SELECT count(*) FROM print_job WHERE licence_jti = :jti"
+            assert conn.execute(sa.text(jobs_of), {"jti": jti}).scalar_one() == len(serials)
+            used = "SELECT prints_used FROM licence WHERE jti = :jti"
+            assert conn.execute(sa.text(used), {"jti": jti}).scalar_one() == len(serials)
+    finally:
+        engine.dispose()
+
+
+def test_200_concurrent_redemptions_count_exactly_37(server: Server, meshes_dir: Path) -> None:
+    with _client(server) as client:
+        mesh = (meshes_dir / "20mm-xyz-cube.stl").read_bytes()
+        setup = _set_up(client, server.admin, mesh, "Acme")
+        path = f"/v1/licences/{setup.licence['jti']}/redeem"
         # every request its own fresh proof, signed before the race starts
         headers = [_facility_headers(server, setup, "POST", path) for _ in range(ATTEMPTS)]
-
-        def redeem(h: dict[str, str]) -> httpx.Response:
-            try:
-                return client.post(path, json=body, headers=h)
-            except httpx.TransportError as exc:
-                log = server.stderr.read_text()[-3000:]
-                raise AssertionError(f"{exc!r}; server log:\n{log}") from exc
-
-        with ThreadPoolExecutor(CLIENT_THREADS) as pool:
-            responses = list(pool.map(redeem, headers))
+        responses = _race(client, server, path, {"licence": setup.licence["token"]}, headers)
 
         statuses = Counter(r.status_code for r in responses)
-        assert not [r for r in responses if r.status_code >= 500], (
-            statuses,
-            [r.text for r in responses if r.status_code >= 500][:3],
-            server.stderr.read_text()[-3000:],
-        )
         assert statuses == {201: PRINTS, 409: ATTEMPTS - PRINTS}, statuses
         refusals = [r for r in responses if r.status_code == 409]
         assert {r.headers["content-type"] for r in refusals} == {"application/problem+json"}
         assert {r.json()["code"] for r in refusals} == {"licence-exhausted"}
-        won = [r.json() for r in responses if r.status_code == 201]
-        serials = {job["serial"] for job in won}
+        serials = {r.json()["serial"] for r in responses if r.status_code == 201}
         assert len(serials) == PRINTS
+        _assert_counted(client, server, setup, serials)
 
-        counted = _ok(client, "GET", f"/v1/licences/{jti}", setup.brand)
-        assert counted["prints_used"] == PRINTS and counted["prints_remaining"] == 0
-        jobs = client.get("/v1/jobs", headers=_facility_headers(server, setup, "GET", "/v1/jobs"))
-        assert jobs.status_code == 200, jobs.text
-        assert {job["serial"] for job in jobs.json()} == serials
-        assert len(jobs.json()) == PRINTS
 
-    engine = sa.create_engine(server.database_url)
-    try:
-        with engine.connect() as conn:
-            assert conn.execute(sa.text(REDEEMED)).scalar_one() == PRINTS
-            assert conn.execute(sa.text("SELECT count(*) FROM print_job")).scalar_one() == PRINTS
-            used = conn.execute(sa.text("SELECT prints_used FROM licence")).scalar_one()
-            assert used == PRINTS
-    finally:
-        engine.dispose()
+def test_retries_under_one_idempotency_key_count_once_across_processes(
+    server: Server, meshes_dir: Path
+) -> None:
+    keys = ATTEMPTS // 2
+    with _client(server) as client:
+        mesh = (meshes_dir / "20mm-xyz-cube.stl").read_bytes()
+        setup = _set_up(client, server.admin, mesh, "Retry & Co")
+        path = f"/v1/licences/{setup.licence['jti']}/redeem"
+        # each key sent twice at once, each copy with its own proof (a proof is single-use)
+        headers = [
+            _facility_headers(server, setup, "POST", path) | {"Idempotency-Key": f"retry-{k}"}
+            for k in range(keys)
+            for _ in range(2)
+        ]
+        responses = _race(client, server, path, {"licence": setup.licence["token"]}, headers)
+
+        pairs = [responses[i : i + 2] for i in range(0, len(responses), 2)]
+        for first, second in pairs:
+            assert first.status_code == second.status_code and first.content == second.content
+            replayed = sorted(str(r.headers.get("idempotent-replayed")) for r in (first, second))
+            assert replayed == ["None", "true"]
+        statuses = Counter(first.status_code for first, _ in pairs)
+        assert statuses == {201: PRINTS, 409: keys - PRINTS}, statuses
+        serials = {first.json()["serial"] for first, _ in pairs if first.status_code == 201}
+        assert len(serials) == PRINTS
+        _assert_counted(client, server, setup, serials)

@@ -16,21 +16,27 @@ import msgspec
 import sqlalchemy as sa
 
 from api.auth import Credentials
-from api.groupcommit import Request, commit, run_grouped
-from api.schemas import PrintJobOut
-from inventory.accounts import TokenKind
+from api.groupcommit import Once, Request, commit, run_grouped
+from api.schemas import PrintJobOut, RedeemIn
+from inventory.accounts import TokenKind, authenticate
 from inventory.db import forget_shared_reads, shared_read, shared_reads, utcnow
-from inventory.errors import Conflict, Unauthorized
+from inventory.errors import Conflict, Invalid, Unauthorized
 from licensing import licences
+from licensing.orders import idempotency
+from licensing.orders.idempotency import Replay
 from licensing.tokens import make_proof
 
 FACILITY = (TokenKind.facility,)
 
 
-def _redemption(world: Any, licence: dict[str, Any], proof: str | None = None) -> Request:
-    """A redemption of `licence` by the world's bureau, as the route queues it."""
+def _redemption(
+    world: Any, licence: dict[str, Any], proof: str | None = None, key: str | None = None
+) -> Request:
+    """A redemption of `licence` by the world's bureau (with Idempotency-Key `key`),
+    as the route queues it."""
     services = world.api.client.app.state.services
-    htu = world.api.settings.public_url + f"/v1/licences/{licence['jti']}/redeem"
+    path = f"/v1/licences/{licence['jti']}/redeem"
+    htu = world.api.settings.public_url + path
     proof = proof or make_proof(
         world.bureau.pop_key,
         htm="POST",
@@ -45,7 +51,11 @@ def _redemption(world: Any, licence: dict[str, Any], proof: str | None = None) -
         )
         return PrintJobOut.of(job)
 
-    return Request(Credentials(world.bureau.token, proof, "POST", htu), FACILITY, work)
+    once = None
+    if key is not None:
+        payload = msgspec.json.encode(RedeemIn(licence=licence["token"]))
+        once = Once(key, idempotency.fingerprint("POST", path, payload), path, 201, "req-test")
+    return Request(Credentials(world.bureau.token, proof, "POST", htu), FACILITY, work, once)
 
 
 @contextmanager
@@ -192,3 +202,123 @@ def test_savepoints_sent_as_plain_sql_undo_only_their_own_writes(world):
         kept = session.execute(sa.text("SELECT v FROM savepoint_probe ORDER BY v")).scalars()
         assert list(kept) == [1, 3]
         session.execute(sa.text("DROP TABLE savepoint_probe"))
+
+
+def _keys(world: Any) -> dict[str, tuple[str, int | None]]:
+    """Every stored Idempotency-Key: (status, response status)."""
+    engine = world.api.client.app.state.services.engine
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT key, status, response_status FROM idempotency_record"))
+        return {key: (status, code) for key, status, code in rows}
+
+
+def test_keyed_requests_claim_work_and_store_in_the_batch_transaction(world):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=2)
+    batch = [
+        _redemption(world, licence, key="k1"),
+        _redemption(world, licence, key="k2"),
+        _redemption(world, licence, key="k1"),  # a retry, fresh proof, same batch
+        _redemption(world, licence, key="k3"),  # a third print of two: refused, stored
+        _redemption(world, licence),  # no key: refused, nothing stored
+    ]
+    with _counting(services.engine) as counts:
+        outcomes = commit(services, batch)
+    assert counts == {"commits": 1, "head_updates": 1}
+    first, second, retry, refused, keyless = outcomes
+    assert isinstance(first, bytes) and isinstance(second, bytes)
+    assert isinstance(retry, Replay) and (retry.status, retry.body) == (201, first)
+    assert isinstance(refused, Conflict) and refused.code == "licence-exhausted"
+    assert isinstance(keyless, Conflict)
+    assert _state(world, licence["jti"]) == (2, 2, 2)
+    assert _keys(world) == {"k1": ("done", 201), "k2": ("done", 201), "k3": ("done", 409)}
+
+    # the refusal replays as stored (with the request id it was answered with) ...
+    again = commit(services, [_redemption(world, licence, key="k3")])[0]
+    assert isinstance(again, Replay) and again.status == 409
+    stored = msgspec.json.decode(again.body)
+    assert stored["code"] == "licence-exhausted" and stored["request_id"] == "req-test"
+    assert stored["instance"] == f"/v1/licences/{licence['jti']}/redeem"
+    # ... and the same key for another request is refused without running it
+    other = world.licence(prints=1)
+    reused = commit(services, [_redemption(world, other, key="k1")])[0]
+    assert isinstance(reused, Invalid) and reused.code == "idempotency-key-reused"
+    assert _state(world, other["jti"]) == (0, 0, 0)
+
+
+def test_a_request_refused_before_its_claim_leaves_the_key_free(world):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=2)
+    spent = _redemption(world, licence)
+    assert isinstance(commit(services, [spent])[0], bytes)
+    replayed_proof = _redemption(world, licence, proof=spent.credentials.proof, key="k1")
+    refused = commit(services, [replayed_proof])[0]
+    assert isinstance(refused, Unauthorized) and refused.code == "dpop-replayed"
+    assert _keys(world) == {}
+    retried = commit(services, [_redemption(world, licence, key="k1")])[0]
+    assert isinstance(retried, bytes) and _state(world, licence["jti"]) == (2, 2, 2)
+
+
+def test_a_key_claimed_elsewhere_and_still_running_is_409_and_kept(world):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=2)
+    keyed = _redemption(world, licence, key="busy")
+    assert keyed.once is not None
+    with services.transaction() as session:
+        token_id = authenticate(session, world.bureau.token).token_id
+        idempotency.begin(session, token_id, "busy", keyed.once.fingerprint)
+    outcome = commit(services, [keyed])[0]
+    assert isinstance(outcome, Conflict) and outcome.code == "idempotency-key-in-flight"
+    assert _keys(world) == {"busy": ("in_progress", None)}
+    assert _state(world, licence["jti"]) == (0, 0, 0)
+
+
+def test_a_keyed_request_of_a_failed_batch_claims_nothing_when_it_fails_alone(world):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=5)
+    broken = _redemption(world, licence, key="crash")
+
+    def crash(session: Any, facility: Any) -> Any:
+        broken.work(session, facility)
+        raise RuntimeError("a bug after the count")
+
+    batch = [
+        _redemption(world, licence, key="ok"),
+        Request(broken.credentials, broken.kinds, crash, broken.once),
+    ]
+    outcomes = commit(services, batch)
+    assert isinstance(outcomes[0], bytes) and isinstance(outcomes[1], RuntimeError)
+    assert _keys(world) == {"ok": ("done", 201)}  # a server error releases its key
+    assert _state(world, licence["jti"]) == (1, 1, 1)
+
+
+class _LostDeadlock(Exception):
+    sqlstate = "40P01"  # what psycopg reports when PostgreSQL aborts a deadlock's loser
+
+
+def test_a_lone_request_that_lost_a_deadlock_is_run_again(world):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=5)
+    runs: list[int] = []
+
+    def losing_twice(request: Request) -> Request:
+        def work(session: Any, facility: Any) -> Any:
+            runs.append(1)
+            if len(runs) <= 2:
+                raise sa.exc.OperationalError("UPDATE licence …", {}, _LostDeadlock())
+            return request.work(session, facility)
+
+        return Request(request.credentials, request.kinds, work, request.once)
+
+    outcome = commit(services, [losing_twice(_redemption(world, licence, key="dl"))])[0]
+    assert isinstance(outcome, bytes) and len(runs) == 3
+    assert _state(world, licence["jti"]) == (1, 1, 1) and _keys(world) == {"dl": ("done", 201)}
+
+    def buggy(session: Any, facility: Any) -> Any:
+        runs.append(1)
+        raise RuntimeError("not a deadlock")
+
+    plain = _redemption(world, licence)
+    runs.clear()
+    failed = commit(services, [Request(plain.credentials, plain.kinds, buggy)])[0]
+    assert isinstance(failed, RuntimeError) and len(runs) == 1

@@ -66,6 +66,45 @@ def test_idempotent_redeem_counts_once(world):
     assert world.api.ok("GET", f"/v1/licences/{licence['jti']}", world.brand)["prints_used"] == 1
 
 
+def test_idempotent_redeem_refusal_is_stored_and_replayed(world):
+    licence = world.licence(prints=1)
+    path = f"/v1/licences/{licence['jti']}/redeem"
+    body = {"licence": licence["token"]}
+    world.bureau.ok("POST", path, json=body)
+    headers = {"Idempotency-Key": "redeem-late-1"}
+    first = world.bureau.call("POST", path, json=body, headers=headers)
+    again = world.bureau.call("POST", path, json=body, headers=headers)
+    assert first.status_code == again.status_code == 409
+    assert again.headers["content-type"] == "application/problem+json"
+    assert (
+        again.headers["idempotent-replayed"] == "true"
+        and "idempotent-replayed" not in first.headers
+    )
+    assert again.content == first.content  # the very document, request id included
+    assert first.json()["code"] == "licence-exhausted"
+    other = world.bureau.call(
+        "POST", path, json={"licence": world.licence(prints=1)["token"]}, headers=headers
+    )
+    assert other.status_code == 422 and other.json()["code"] == "idempotency-key-reused"
+
+
+def test_idempotent_issue_signs_once(world):
+    body = {
+        "facility_id": world.bureau.id,
+        "revision_id": world.revision["id"],
+        "prints": 2,
+        "expires_at": "2099-01-01T00:00:00Z",
+    }
+    headers = {"Idempotency-Key": "issue-once-1"}
+    first = world.api.call("POST", "/v1/licences", world.brand, json=body, headers=headers)
+    again = world.api.call("POST", "/v1/licences", world.brand, json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.content == first.content and again.headers["idempotent-replayed"] == "true"
+    assert _count(world.api, "SELECT count(*) FROM licence") == 1
+    issued = "SELECT count(*) FROM audit_entry WHERE event_type = 'licensing:licence:issued'"
+    assert _count(world.api, issued) == 1
+
+
 def test_revoked_and_expired_licences_are_403(world):
     licence = world.licence(prints=3)
     world.api.ok(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -9,8 +10,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
+from tests_support import create_pg_database, drop_pg_database
 
-from inventory.db import Prepared, UTCDateTime, insert_if_absent, make_engine
+from inventory.db import Prepared, UTCDateTime, insert_if_absent, is_deadlock, make_engine
 from licensing.tokens.replay import DpopReplay
 
 _METADATA = sa.MetaData()
@@ -85,3 +87,44 @@ def test_pending_orm_changes_are_flushed_first(session: Session) -> None:
     assert insert_if_absent(
         session, DpopReplay, {"digest": "e" * 64, "expires_at": expires}, "digest"
     )
+
+
+def test_driver_errors_are_raised_as_sqlalchemy_raises_them(session: Session) -> None:
+    """A constraint violation on the driver's cursor is SQLAlchemy's IntegrityError,
+    like from `Session.execute`, and the transaction's earlier work is intact."""
+    _INSERT.rows(session, _row())
+    with pytest.raises(sa.exc.IntegrityError) as caught, session.begin_nested():
+        _INSERT.rows(session, _row(count=5))
+    assert not is_deadlock(caught.value)
+    assert session.execute(sa.select(_PROBE.c.count)).scalars().all() == [0]
+
+
+def test_a_lost_deadlock_is_recognised_on_postgresql() -> None:
+    """Two transactions lock two rows in opposite orders; PostgreSQL aborts one of
+    them, and `is_deadlock` says that one may be run again (through `Prepared` too).
+    PostgreSQL only: SQLite has one writer, its transactions cannot deadlock."""
+    db_url = create_pg_database()
+    engine = make_engine(db_url)
+    _METADATA.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(_PROBE.insert(), [_row(id="a"), _row(id="b")])
+    both_locked_one = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def bump(first: str, second: str) -> None:
+        try:
+            with Session(engine) as session, session.begin():
+                _BUMP.rows(session, {"probe": first})
+                both_locked_one.wait()
+                _BUMP.rows(session, {"probe": second})
+        except sa.exc.DBAPIError as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=bump, args=pair) for pair in (("a", "b"), ("b", "a"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    engine.dispose()
+    drop_pg_database(db_url)
+    assert len(failures) == 1 and is_deadlock(failures[0])
