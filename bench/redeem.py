@@ -22,7 +22,8 @@ with the same load generator: a minimal asyncio HTTP/1.1 keep-alive client on
 N connections (much cheaper per request than httpx, so the client steals as
 little as possible of the 2 cores it shares with the server). DPoP proofs are
 signed before the redemption phases start, so their cost is not counted (it is
-printed separately). Prints each rate and the ratios issuance/trivial (goal
+printed separately). Prints each rate with its latency (median and 99th
+percentile, as the client sees it) and the ratios issuance/trivial (goal
 >= 0.3) and redemption/trivial (goal >= 0.2), and of each keyed phase to its
 unkeyed one.
 """
@@ -288,12 +289,25 @@ async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: 
     return status
 
 
-async def _drive(
-    port: int, raws: list[bytes], connections: int, seconds: float
-) -> tuple[int, float, Counter[int]]:
+@dataclass
+class Run:
+    """What one phase measured: requests done, seconds taken, statuses, latencies."""
+
+    done: int
+    elapsed: float
+    statuses: Counter[int]
+    latencies: list[float]
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+async def _drive(port: int, raws: list[bytes], connections: int, seconds: float) -> Run:
     """Send `raws` in order on `connections` keep-alive connections until they run out
-    or `seconds` pass; return (completed, elapsed, status counts)."""
+    or `seconds` pass."""
     statuses: Counter[int] = Counter()
+    latencies: list[float] = []
     queue = iter(raws)
     deadline = time.perf_counter() + seconds
 
@@ -301,7 +315,9 @@ async def _drive(
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             for raw in queue:
+                sent = time.perf_counter()
                 statuses[await _one(reader, writer, raw)] += 1
+                latencies.append(time.perf_counter() - sent)
                 if time.perf_counter() > deadline:
                     return
         finally:
@@ -310,15 +326,16 @@ async def _drive(
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(connections)))
     elapsed = time.perf_counter() - start
-    return sum(statuses.values()), elapsed, statuses
+    return Run(sum(statuses.values()), elapsed, statuses, latencies)
 
 
 def measure(port: int, raws: list[bytes], connections: int, seconds: float, label: str) -> float:
-    done, elapsed, statuses = asyncio.run(_drive(port, raws, connections, seconds))
-    rate = done / elapsed
-    bad = {s: n for s, n in statuses.items() if s >= 300}
+    run = asyncio.run(_drive(port, raws, connections, seconds))
+    rate = run.done / run.elapsed
+    bad = {s: n for s, n in run.statuses.items() if s >= 300}
     print(
-        f"  {label:<28} {done:6d} requests in {elapsed:5.2f} s = {rate:8.1f} req/s"
+        f"  {label:<28} {run.done:6d} requests in {run.elapsed:5.2f} s = {rate:8.1f} req/s"
+        f"  latency p50 {run.percentile(0.5) * 1e3:5.1f} ms, p99 {run.percentile(0.99) * 1e3:6.1f} ms"
         + (f"  NON-2xx: {bad}" if bad else "")
     )
     if bad:
