@@ -32,6 +32,7 @@ def make_dispatcher(services: Services, http: httpx.Client) -> Dispatcher:
         RetrySchedule(delays=delays),
         lease=timedelta(seconds=max(1.0, settings.webhook_timeout) * LEASE_PER_TIMEOUT),
         timeout=settings.webhook_timeout,
+        turn=services.writer_turn,
     )
 
 

@@ -30,6 +30,7 @@ import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -111,7 +112,10 @@ class Dispatcher:
         lease: timedelta = timedelta(seconds=60),
         batch_size: int = 16,
         timeout: float = 10.0,
+        turn: AbstractContextManager[object] | None = None,
     ) -> None:
+        """`turn` is held around each transaction: the server's turn at the
+        database's writer lock (`inventory.db.writer_turn`)."""
         if lease.total_seconds() <= 4 * timeout:  # connect, pool, write, read phases
             raise ValueError("the lease must outlast the HTTP timeouts")
         self.engine = engine
@@ -122,6 +126,7 @@ class Dispatcher:
         self.lease = lease
         self.batch_size = batch_size
         self.timeout = timeout
+        self.turn = turn or nullcontext()
 
     def run_once(self) -> int:
         """Claim due rows and send them in parallel; returns the number handled.
@@ -150,7 +155,7 @@ class Dispatcher:
     def claim(self) -> list[Claimed]:
         """Lease the due head row of each endpoint (committed before any sending)."""
         now, token = self.clock(), secrets.token_hex(16)
-        with self.engine.begin() as conn:
+        with self.turn, self.engine.begin() as conn:
             conn.execute(
                 sa.update(OUTBOX)
                 .where(OUTBOX.c.seq.in_(self._due_heads(now)), _unleased(OUTBOX.c, now))
@@ -225,7 +230,7 @@ class Dispatcher:
     def _record(self, row: Claimed, attempt: Attempt) -> None:
         now = self.clock()
         status, next_at = self._next_state(row, attempt, now)
-        with self.engine.begin() as conn:
+        with self.turn, self.engine.begin() as conn:
             conn.execute(
                 sa.update(OUTBOX)
                 .where(OUTBOX.c.seq == row.seq, OUTBOX.c.lease_token == row.lease_token)
