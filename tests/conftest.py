@@ -7,6 +7,7 @@ never skip.
 
 from __future__ import annotations
 
+import locale
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,17 @@ def mesh_files() -> list[Path]:
 
 def bad_files() -> list[Path]:
     return sorted(BAD.iterdir())
+
+
+@pytest.fixture(autouse=True)
+def _process_locale_kept() -> Iterator[None]:
+    """lib3mf's writer switches the process's C locale to "C", after which Python
+    decodes text (e.g. a subprocess's output) as ASCII in whatever test runs next
+    in that process: each test leaves the locale as it found it."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    if locale.setlocale(locale.LC_ALL) != saved:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 @pytest.fixture(scope="session")
