@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -16,6 +17,8 @@ if TYPE_CHECKING:  # the services pull in trimesh and scipy: seconds a quick com
     from api.services import Services
 
 console = Console(stderr=True)
+#: A click command function, as the option decorators take and return it.
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group()
@@ -252,15 +255,20 @@ def bureau_keygen(directory: Path) -> None:
     console.print(f"RSA key id (thumbprint): {paths.rsa_thumbprint}")
 
 
+def _facility_key_option(help_text: str) -> Callable[[F], F]:
+    """``--key``: one of the facility's private key files (PEM)."""
+    return click.option(
+        "--key",
+        "key_path",
+        required=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help=help_text,
+    )
+
+
 @bureau.command("open")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--key",
-    "key_path",
-    required=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="the facility's RSA private key (PEM)",
-)
+@_facility_key_option("the facility's RSA private key (PEM)")
 @click.option(
     "-o",
     "--output",
@@ -280,6 +288,75 @@ def bureau_open(file: Path, key_path: Path, out_path: Path) -> None:
         console.print(f"[red]cannot open[/] {exc.code}: {exc.detail}")
         sys.exit(1)
     console.print(f"wrote {result.out_path}: {result.triangles} triangles")
+
+
+@bureau.command("redeem")
+@click.argument("licence_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_facility_key_option("the facility's Ed25519 private key (PEM): it signs the proofs")
+@click.option("--prints", default=1, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--download",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="also fetch each print's design (3MF Secure Content) into this folder",
+)
+@click.option(
+    "--retries", default=5, show_default=True, type=click.IntRange(0, 20), help="per print"
+)
+@click.option("--url", envvar="PARTVAULT_URL", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--token", envvar="PARTVAULT_TOKEN", required=True, help="the facility's token")
+def bureau_redeem(
+    licence_file: Path,
+    key_path: Path,
+    prints: int,
+    folder: Path | None,
+    retries: int,
+    url: str,
+    token: str,
+) -> None:
+    """Redeem prints of a licence one by one (and fetch their designs).
+
+    The licence is checked against the server's published keys first. Each
+    print is safe to retry: it keeps one Idempotency-Key over its attempts, so
+    a lost answer is asked for again without counting a second print. Stops at
+    the first refusal (exit 1), e.g. when no print is left.
+    """
+    import httpx
+
+    from api.client import ApiError, Bureau, Client
+    from inventory.db import utcnow
+    from inventory.errors import PartvaultError
+    from licensing.delivery import load_ed25519_private_key
+    from licensing.tokens import verify_offline
+
+    client = Client(url, token)
+    try:
+        licence = licence_file.read_text().strip()
+        jwks = client.json("GET", "/.well-known/jwks.json")
+        claims = verify_offline(licence, jwks, now=utcnow())
+        bureau = Bureau(client, url, token, load_ed25519_private_key(key_path))
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        for done in range(1, prints + 1):
+            job = bureau.redeem(claims.jti, licence, retries=retries)
+            line = f"print {done}/{prints} of {claims.jti}: serial {job['serial']}"
+            if folder is not None:
+                line += f" -> {bureau.download(job['serial'], folder)}"
+            click.echo(line)
+    except ApiError as exc:
+        _exit_with(f"refused: {exc}")
+    except PartvaultError as exc:
+        _exit_with(f"refused: {exc.code}: {exc.detail}")
+    except httpx.TransportError as exc:
+        _exit_with(
+            f"no answer from {url} ({type(exc).__name__}) after {retries + 1} attempts: the "
+            "last print may have been counted; GET /v1/jobs lists the facility's jobs"
+        )
+
+
+def _exit_with(message: str) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(1)
 
 
 @main.group()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
 
 # Shared fixture files beside the checkout (../shared), or where PARTVAULT_SHARED says.
 SHARED = Path(os.environ.get("PARTVAULT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -34,3 +36,16 @@ def drop_pg_database(url: str) -> None:
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def write_private_pem(key: Any, path: Path) -> Path:
+    """`key` (a cryptography private key) as an unencrypted PKCS#8 PEM file at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path

@@ -8,6 +8,7 @@ from licensing.delivery.bureau import (
     FacilityKeyPaths,
     OpenResult,
     generate_facility_keys,
+    load_ed25519_private_key,
     load_rsa_private_key,
     open_delivery,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "extract_metadata",
     "generate_facility_keys",
     "key_thumbprint",
+    "load_ed25519_private_key",
     "load_rsa_private_key",
     "mesh_to_model_xml",
     "open_delivery",

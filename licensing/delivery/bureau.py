@@ -122,13 +122,29 @@ def generate_facility_keys(directory: str | os.PathLike[str]) -> FacilityKeyPath
 
 def load_rsa_private_key(path: str | os.PathLike[str]) -> rsa.RSAPrivateKey:
     """Load an unencrypted PEM RSA private key, or raise `BadKeyFile`."""
-    try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise errors.BadKeyFile(f"cannot read an RSA private key from {path}") from exc
+    key = _read_private_key(path, "an RSA")
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise errors.BadKeyFile(f"{path} holds a {type(key).__name__}, not an RSA key")
+        raise _wrong_kind(path, key, "an RSA")
     return key
+
+
+def load_ed25519_private_key(path: str | os.PathLike[str]) -> ed25519.Ed25519PrivateKey:
+    """Load the facility's unencrypted PEM Ed25519 (proof) key, or raise `BadKeyFile`."""
+    key = _read_private_key(path, "an Ed25519")
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise _wrong_kind(path, key, "an Ed25519")
+    return key
+
+
+def _read_private_key(path: str | os.PathLike[str], label: str) -> object:
+    try:
+        return serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise errors.BadKeyFile(f"cannot read {label} private key from {path}") from exc
+
+
+def _wrong_kind(path: str | os.PathLike[str], key: object, label: str) -> errors.BadKeyFile:
+    return errors.BadKeyFile(f"{path} holds a {type(key).__name__}, not {label} key")
 
 
 Writer = Callable[[IO[bytes]], None]

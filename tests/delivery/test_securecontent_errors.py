@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import trimesh
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from tests_support import write_private_pem
 
 from inventory.errors import PartvaultError
 from licensing.delivery import errors as e
@@ -41,16 +41,7 @@ def _package(mesh: trimesh.Trimesh, key: rsa.RSAPrivateKey, consumer: str = "fac
 
 
 def _key_file(tmp_path: Path, key: rsa.RSAPrivateKey) -> Path:
-    path = tmp_path / "keys" / "facility-rsa.pem"
-    path.parent.mkdir(exist_ok=True)
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
+    return write_private_pem(key, tmp_path / "keys" / "facility-rsa.pem")
 
 
 def _assert_fails_cleanly(
