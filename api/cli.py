@@ -354,6 +354,35 @@ def bureau_redeem(
         )
 
 
+@bureau.command("download")
+@click.argument("serial")
+@_facility_key_option("the facility's Ed25519 private key (PEM): it signs the proof")
+@click.option(
+    "--to",
+    "folder",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="folder for <serial>.3mf",
+)
+@click.option("--url", envvar="PARTVAULT_URL", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--token", envvar="PARTVAULT_TOKEN", required=True, help="the facility's token")
+def bureau_download(serial: str, key_path: Path, folder: Path, url: str, token: str) -> None:
+    """Fetch a redeemed print's design again (each fetch counts against the job's limit)."""
+    from api.client import ApiError, Bureau, Client
+    from inventory.errors import PartvaultError
+    from licensing.delivery import load_ed25519_private_key
+
+    try:
+        bureau = Bureau(Client(url, token), url, token, load_ed25519_private_key(key_path))
+        folder.mkdir(parents=True, exist_ok=True)
+        click.echo(str(bureau.download(serial, folder)))
+    except ApiError as exc:
+        _exit_with(f"refused: {exc}")
+    except PartvaultError as exc:
+        _exit_with(f"refused: {exc.code}: {exc.detail}")
+
+
 def _exit_with(message: str) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(1)

@@ -49,20 +49,29 @@ class _LosesFirstAnswer(_InProcess):
 
 
 @pytest.fixture
-def redeem(world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def bureau_cli(world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run ``partvault bureau …`` as the world's bureau, with its proof key file."""
     key = write_private_pem(world.bureau.pop_key, tmp_path / "ed25519.pem")
 
-    def run(licence: dict[str, Any], *args: str, client: type[_InProcess] = _InProcess) -> Result:
+    def run(*args: str, client: type[_InProcess] = _InProcess) -> Result:
         client.test_client = world.api.client
         monkeypatch.setattr(client_module, "Client", client)
-        licence_file = tmp_path / f"{licence['jti']}.jwt"
-        licence_file.write_text(licence["token"] + "\n")
         env = {
             "PARTVAULT_URL": world.api.settings.public_url,
             "PARTVAULT_TOKEN": world.bureau.token,
         }
-        command = ["bureau", "redeem", str(licence_file), "--key", str(key), *args]
+        command = ["bureau", *args, "--key", str(key)]
         return CliRunner().invoke(main, command, env=env, catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture
+def redeem(bureau_cli: Any, tmp_path: Path) -> Any:
+    def run(licence: dict[str, Any], *args: str, client: type[_InProcess] = _InProcess) -> Result:
+        licence_file = tmp_path / f"{licence['jti']}.jwt"
+        licence_file.write_text(licence["token"] + "\n")
+        return bureau_cli("redeem", str(licence_file), *args, client=client)
 
     return run
 
@@ -116,6 +125,20 @@ def test_a_licence_that_does_not_verify_redeems_nothing(world, redeem):
     result = redeem(licence | {"token": f"{head}.{payload}.{flipped}"})
     assert result.exit_code == 1 and "refused: licence-" in result.stderr
     assert _used(world, licence["jti"]) == 0
+
+
+def test_download_fetches_a_redeemed_print_again(world, redeem, bureau_cli, tmp_path):
+    licence = world.licence(prints=1)
+    serial = redeem(licence).stdout.split("serial ")[1].strip()
+    folder = tmp_path / "again"
+    fetched = bureau_cli("download", serial, "--to", str(folder))
+    assert fetched.exit_code == 0, fetched.output
+    assert fetched.stdout.strip() == str(folder / f"{serial}.3mf")
+    rsa_key = write_private_pem(world.bureau.wrap_key, tmp_path / "rsa.pem")
+    assert open_delivery(folder / f"{serial}.3mf", rsa_key, tmp_path / "p.stl").triangles >= 12
+    unknown = bureau_cli("download", "0123456789abcdef", "--to", str(folder))
+    assert unknown.exit_code == 1 and "job-not-found" in unknown.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [f"{serial}.3mf"]
 
 
 class _BreaksMidway(httpx.SyncByteStream):
