@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -14,6 +15,7 @@ from rich.table import Table
 from api.config import Settings
 
 if TYPE_CHECKING:  # the services pull in trimesh and scipy: seconds a quick command skips
+    from api.client import Bureau
     from api.services import Services
 
 console = Console(stderr=True)
@@ -323,35 +325,28 @@ def bureau_redeem(
     """
     import httpx
 
-    from api.client import ApiError, Bureau, Client
     from inventory.db import utcnow
-    from inventory.errors import PartvaultError
-    from licensing.delivery import load_ed25519_private_key
     from licensing.tokens import verify_offline
 
-    client = Client(url, token)
-    try:
-        licence = licence_file.read_text().strip()
-        jwks = client.json("GET", "/.well-known/jwks.json")
-        claims = verify_offline(licence, jwks, now=utcnow())
-        bureau = Bureau(client, url, token, load_ed25519_private_key(key_path))
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-        for done in range(1, prints + 1):
-            job = bureau.redeem(claims.jti, licence, retries=retries)
-            line = f"print {done}/{prints} of {claims.jti}: serial {job['serial']}"
+    with _bureau_refusals():
+        try:
+            bureau = _bureau(url, token, key_path)
+            licence = licence_file.read_text().strip()
+            jwks = bureau.client.json("GET", "/.well-known/jwks.json")
+            claims = verify_offline(licence, jwks, now=utcnow())
             if folder is not None:
-                line += f" -> {bureau.download(job['serial'], folder)}"
-            click.echo(line)
-    except ApiError as exc:
-        _exit_with(f"refused: {exc}")
-    except PartvaultError as exc:
-        _exit_with(f"refused: {exc.code}: {exc.detail}")
-    except httpx.TransportError as exc:
-        _exit_with(
-            f"no answer from {url} ({type(exc).__name__}) after {retries + 1} attempts: the "
-            "last print may have been counted; GET /v1/jobs lists the facility's jobs"
-        )
+                folder.mkdir(parents=True, exist_ok=True)
+            for done in range(1, prints + 1):
+                job = bureau.redeem(claims.jti, licence, retries=retries)
+                line = f"print {done}/{prints} of {claims.jti}: serial {job['serial']}"
+                if folder is not None:
+                    line += f" -> {bureau.download(job['serial'], folder)}"
+                click.echo(line)
+        except httpx.TransportError as exc:
+            _exit_with(
+                f"no answer from {url} ({type(exc).__name__}) after {retries + 1} attempts: "
+                "the last print may have been counted; GET /v1/jobs lists the facility's jobs"
+            )
 
 
 @bureau.command("download")
@@ -369,14 +364,28 @@ def bureau_redeem(
 @click.option("--token", envvar="PARTVAULT_TOKEN", required=True, help="the facility's token")
 def bureau_download(serial: str, key_path: Path, folder: Path, url: str, token: str) -> None:
     """Fetch a redeemed print's design again (each fetch counts against the job's limit)."""
-    from api.client import ApiError, Bureau, Client
-    from inventory.errors import PartvaultError
-    from licensing.delivery import load_ed25519_private_key
-
-    try:
-        bureau = Bureau(Client(url, token), url, token, load_ed25519_private_key(key_path))
+    with _bureau_refusals():
+        bureau = _bureau(url, token, key_path)
         folder.mkdir(parents=True, exist_ok=True)
         click.echo(str(bureau.download(serial, folder)))
+
+
+def _bureau(url: str, token: str, key_path: Path) -> Bureau:
+    """The facility's side of the API, signing proofs with the key in `key_path`."""
+    from api.client import Bureau, Client
+    from licensing.delivery import load_ed25519_private_key
+
+    return Bureau(Client(url, token), url, token, load_ed25519_private_key(key_path))
+
+
+@contextmanager
+def _bureau_refusals() -> Iterator[None]:
+    """A refusal (the server's problem or a bad key or licence file) exits 1 with its code."""
+    from api.client import ApiError
+    from inventory.errors import PartvaultError
+
+    try:
+        yield
     except ApiError as exc:
         _exit_with(f"refused: {exc}")
     except PartvaultError as exc:

@@ -61,7 +61,7 @@ Work = Callable[[Session, Principal], Any]
 class Once:
     """What a request with an Idempotency-Key needs to run once per key."""
 
-    key: str | None  # validated after authentication, as `require_key` does it
+    key: str  # as sent: validated after authentication, as `require_key` does it
     fingerprint: str
     path: str
     status_code: int

@@ -213,6 +213,10 @@ def _insert_ignoring(dialect: str, table: sa.Table, key: str) -> Prepared:
     return Prepared(insert(table).on_conflict_do_nothing().returning(table.c[key]))
 
 
+#: How long a SQLite writer waits for the lock: SQLite's busy timeout and a writer turn's.
+SQLITE_BUSY_SECONDS = 30
+
+
 def make_engine(url: str, *, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
     """An engine with the per-backend settings partvault relies on.
 
@@ -227,7 +231,9 @@ def make_engine(url: str, *, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
     instead of failing when a read lock cannot be upgraded.
     """
     if url.startswith("sqlite"):
-        kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 30})
+        kwargs.setdefault(
+            "connect_args", {"check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS}
+        )
         engine = sa.create_engine(url, **kwargs)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "begin", _sqlite_begin_immediate)
@@ -286,10 +292,6 @@ def _on_driver(
     finally:
         if not connection.invalidated:
             cursor.close()
-
-
-#: How long a writer waits for its turn at a SQLite database (SQLite's own busy timeout).
-SQLITE_BUSY_SECONDS = 30.0
 
 
 def writer_turn(engine: sa.Engine) -> AbstractContextManager[object]:
@@ -368,7 +370,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
     cursor.close()
 
 
