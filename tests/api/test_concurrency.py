@@ -36,6 +36,9 @@ from tests_support import create_pg_database, drop_pg_database
 from inventory.db import utcnow
 from licensing.tokens import make_proof
 
+# one pytest-xdist worker runs them all: one server per backend, not one per test
+pytestmark = pytest.mark.xdist_group("concurrency")
+
 PRINTS = 37
 ATTEMPTS = 200
 CLIENT_THREADS = 40
