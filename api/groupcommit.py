@@ -19,6 +19,8 @@ it in one transaction:
   response under its savepoint, so the claim, the work and the stored response
   commit together (a retry waits for that commit and replays, in any process);
   a refusal after the claim is stored too and replayed like a success;
+- requests run in the order of their URI (`_lock_order`), so batches of
+  several processes take licence rows in one order and never deadlock on them;
 - nobody is answered before the commit. If the transaction as a whole fails
   (the database went away, a bug), every request of the batch is run again
   alone, so one request's failure is never another's (and claims nothing).
@@ -154,12 +156,24 @@ def _alone_again(services: Services, request: Request, failure: Exception) -> Ou
 
 
 def _commit_together(services: Services, batch: list[Request]) -> list[Outcome]:
+    outcomes: dict[int, Outcome] = {}
     with (
         services.transaction() as session,
         shared_reads(session),
         queued_appends(session) as events,
     ):
-        return [_attempt(session, events, request) for request in batch]
+        for index in sorted(range(len(batch)), key=lambda i: _lock_order(batch[i])):
+            outcomes[index] = _attempt(session, events, batch[index])
+    return [outcomes[index] for index in range(len(batch))]
+
+
+def _lock_order(request: Request) -> str:
+    """The order in which a batch runs its requests: by request URI, which names the
+    licence a redemption locks (stable: arrival order within one URI). Batches of
+    several processes on PostgreSQL then lock licence rows in one order; in
+    arrival order, two batches redeeming the same two licences in opposite orders
+    deadlock, and the loser waits a second before it is run again."""
+    return request.credentials.htu
 
 
 def _attempt(session: Session, events: list[AuditEvent], request: Request) -> Outcome:

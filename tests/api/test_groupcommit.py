@@ -8,7 +8,9 @@ requests share a transaction and count the commits and audit-head updates.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -322,3 +324,40 @@ def test_a_lone_request_that_lost_a_deadlock_is_run_again(world):
     runs.clear()
     failed = commit(services, [Request(plain.credentials, plain.kinds, buggy)])[0]
     assert isinstance(failed, RuntimeError) and len(runs) == 1
+
+
+def _then_wait(request: Request, mine: threading.Event, theirs: threading.Event) -> Request:
+    """`request`, whose work, once done, says so and gives the other batch a second
+    to do its own first request (so both hold their first licence's row)."""
+
+    def work(session: Any, facility: Any) -> Any:
+        out = request.work(session, facility)
+        mine.set()
+        theirs.wait(timeout=1.0)
+        return out
+
+    return Request(request.credentials, request.kinds, work, request.once)
+
+
+def test_batches_lock_licences_in_one_order_so_they_never_deadlock(world):
+    """Two processes' batches redeeming the same two licences in opposite orders
+    would each hold one licence's row and wait for the other's (on PostgreSQL a
+    deadlock: one batch aborted after a second, then run again request by
+    request). Each batch takes the licences in jti order, so one waits for the
+    other's commit instead."""
+    services = world.api.client.app.state.services
+    first, second = sorted(
+        (world.licence(prints=2), world.licence(prints=2)), key=lambda x: x["jti"]
+    )
+    # the bureau's token was used a moment ago: no batch stamps its last use (a row lock)
+    assert isinstance(commit(services, [_redemption(world, world.licence(prints=1))])[0], bytes)
+    done = threading.Event(), threading.Event()
+    batches = [
+        [_then_wait(_redemption(world, first), done[0], done[1]), _redemption(world, second)],
+        [_then_wait(_redemption(world, second), done[1], done[0]), _redemption(world, first)],
+    ]
+    with _counting(services.engine) as counts, ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda batch: commit(services, batch), batches))
+    assert all(isinstance(o, bytes) for batch in outcomes for o in batch)
+    assert counts["head_updates"] == 2  # one per batch: neither failed and ran again
+    assert _state(world, first["jti"]) == _state(world, second["jti"]) == (2, 2, 2)
