@@ -17,6 +17,8 @@ HTTP, and then measures requests per second of
   (d), (e) the same two with an ``Idempotency-Key`` on every request (what a
       client that retries safely sends: the key is claimed and the answer
       stored in the same transaction),
+  (f) (c) with the requests taking turns over 8 licences (several bureaus at
+      once: each batch locks several licence rows),
 
 with the same load generator: a minimal asyncio HTTP/1.1 keep-alive client on
 N connections (much cheaper per request than httpx, so the client steals as
@@ -63,6 +65,7 @@ PROFILE = {
     "tolerance_mm": 0.1,
 }
 GOALS = {"issue": 0.3, "redeem": 0.2}
+SPREAD = 8  # licences redeemed at once in phase (f)
 
 
 # --------------------------------------------------------------------------- server
@@ -367,14 +370,17 @@ def issue_requests(tenant: Tenant, count: int, prints: int = 1) -> list[Request]
     return [Request("POST", "/v1/licences", headers, body)] * count
 
 
-def redeem_requests(server: Server, tenant: Tenant, count: int) -> tuple[list[Request], float]:
-    """`count` redemptions spread over fresh licences, each with a fresh proof."""
+def redeem_requests(
+    server: Server, tenant: Tenant, count: int, spread: int = 1
+) -> tuple[list[Request], float]:
+    """`count` redemptions, each with a fresh proof, taking turns over `spread` fresh
+    licences (or more: one per 100,000 prints)."""
     from inventory.db import utcnow
     from licensing.tokens import make_proof
 
     with httpx.Client(base_url=server.base, timeout=60) as client:
         licences = []
-        for _ in range(-(-count // 100_000)):
+        for _ in range(max(spread, -(-count // 100_000))):
             response = client.post(
                 "/v1/licences",
                 headers={"Authorization": f"Bearer {tenant.brand}"},
@@ -391,7 +397,7 @@ def redeem_requests(server: Server, tenant: Tenant, count: int) -> tuple[list[Re
     started = time.perf_counter()
     now = utcnow()
     for i in range(count):
-        licence = licences[i // 100_000]
+        licence = licences[i % len(licences)]
         path = f"/v1/licences/{licence['jti']}/redeem"
         proof = make_proof(
             tenant.pop_key,
@@ -434,6 +440,10 @@ def bench(server: Server, tenant: Tenant, connections: int, seconds: float) -> d
     redeem, _ = redeem_requests(server, tenant, estimate)
     raws = [r.encode(port) for r in keyed(redeem)]
     rates["redeem_keyed"] = measure(port, raws, connections, seconds, "(e) (c) + Idempotency-Key")
+    redeem, _ = redeem_requests(server, tenant, estimate, spread=SPREAD)
+    raws = [r.encode(port) for r in redeem]
+    label = f"(f) (c) over {SPREAD} licences"
+    rates["redeem_spread"] = measure(port, raws, connections, seconds, label)
     print(f"  client-side proof signing: {sign_cost * 1e6:.0f} us per proof (not counted)")
     return rates
 
@@ -474,13 +484,14 @@ def main() -> None:
     print(f"\nsummary ({backend}):")
     print(
         "  workers  trivial/s  ready/s  issue/s  redeem/s  issue/trivial  redeem/trivial"
-        "  keyed issue/s  keyed redeem/s"
+        f"  keyed issue/s  keyed redeem/s  redeem over {SPREAD}/s"
     )
     for workers, rates, ratios in summary:
         print(
             f"  {workers:7d}  {rates['trivial']:9.1f}  {rates['ready']:7.1f}  {rates['issue']:7.1f}  "
             f"{rates['redeem']:8.1f}  {ratios['issue']:13.3f}  {ratios['redeem']:14.3f}"
             f"  {rates['issue_keyed']:13.1f}  {rates['redeem_keyed']:14.1f}"
+            f"  {rates['redeem_spread']:15.1f}"
         )
 
 
