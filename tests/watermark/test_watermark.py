@@ -137,7 +137,7 @@ def test_unmarked_and_foreign_key_say_no_mark(name: str) -> None:
         assert result.p_value > 1e-9
 
 
-def test_suite_covers_every_attack_and_fixture() -> None:
+def test_tiers_name_real_attacks_and_fixtures() -> None:
     assert set(CORE_ATTACKS) <= {"none", *ATTACKS}
     assert {attack for _, attack in NOT_MET} <= {"*", *ATTACKS}
     assert set(NAMES) >= FULL_SUITE_MESHES
