@@ -20,14 +20,14 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from inventory import catalog
+from inventory import catalog, ingest
 from inventory.catalog import Revision
 from inventory.crypto.aead import new_data_key
 from inventory.crypto.keyring import KeyRing, rewrap_rows
 from inventory.crypto.seal import open_from_store, seal_to_store
 from inventory.db import new_id, utcnow
 from inventory.errors import Conflict, Gone
-from inventory.ingest import DesignReport, IngestLimits, inspect_design
+from inventory.ingest import IngestLimits
 from inventory.storage.base import ObjectStore, new_object_key
 from licensing.audit import AuditEvent, append_event
 
@@ -75,7 +75,7 @@ def store_revision(
 ) -> Revision:
     """Validate, measure, encrypt and store a new revision of a part."""
     part = catalog.get_part(session, brand_id, part_id)
-    report = inspect_design(
+    report = ingest.inspect_design(
         upload.path,
         filename=upload.filename,
         unit_hint=upload.unit_hint,
@@ -115,7 +115,7 @@ def _record(
     revision_id: str,
     object_key: str,
     upload: Upload,
-    report: DesignReport,
+    report: ingest.DesignReport,
     sha256: str,
     size: int,
     stored: int,
@@ -155,7 +155,7 @@ def _record(
     return revision
 
 
-def _report_dict(report: DesignReport) -> dict[str, object]:
+def _report_dict(report: ingest.DesignReport) -> dict[str, object]:
     built: dict[str, object] = msgspec.to_builtins(report)
     return built
 

@@ -21,14 +21,13 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from sqlmodel import Session
 
 import watermark
-from inventory import catalog
+from inventory import catalog, ingest
 from inventory.accounts import Brand, Principal, watermark_key
 from inventory.crypto.keyring import KeyRing
 from inventory.crypto.seal import open_from_store
 from inventory.db import utcnow
 from inventory.designs import revision_aad, unwrap_data_key
 from inventory.errors import Forbidden, Gone
-from inventory.ingest import load_mesh
 from inventory.storage.base import ObjectStore
 from licensing.audit import AuditEvent, append_event
 from licensing.delivery import mesh_to_model_xml, write_secure_3mf
@@ -202,7 +201,7 @@ def load_design(store: ObjectStore, ticket: Ticket, spool: Path) -> tuple[Any, f
         for chunk in plaintext:
             handle.write(chunk)
         handle.flush()
-        return load_mesh(Path(handle.name), ticket.design_format, unit_hint=ticket.unit)
+        return ingest.load_mesh(Path(handle.name), ticket.design_format, unit_hint=ticket.unit)
 
 
 def _text(value: Any) -> str:

@@ -9,9 +9,10 @@ from pathlib import Path
 from sqlmodel import Session
 
 import watermark
+from inventory import ingest
 from inventory.accounts import Brand, watermark_key
 from inventory.crypto.keyring import KeyRing
-from inventory.ingest import IngestLimits, load_mesh
+from inventory.ingest import IngestLimits
 from inventory.ingest.detect import detect_format
 from licensing.audit import AuditEvent, append_event
 from licensing.licences import PrintJob, format_serial
@@ -43,7 +44,7 @@ def trace(
     """Detect the brand's mark in the file; name the job only when the mark is certain
     and the serial is one of this brand's print jobs. Every trace is audited."""
     fmt, _ = detect_format(path, filename, limits)
-    mesh, _ = load_mesh(path, fmt, limits=limits)
+    mesh, _ = ingest.load_mesh(path, fmt, limits=limits)
     brand = session.get(Brand, brand_id)
     assert brand is not None
     detection = watermark.detect(mesh, watermark_key(keyring, brand))

@@ -10,7 +10,6 @@ from functools import partial
 import numpy as np
 import trimesh
 from numpy.typing import NDArray
-from scipy.stats import binom
 
 from watermark import ecc
 from watermark.frame import (
@@ -212,9 +211,15 @@ def _vertex_areas(mesh: trimesh.Trimesh) -> FloatArray:
 
 def _p_value(errors: int, tried: int) -> float:
     """Union bound on an unmarked mesh decoding to a valid check this close."""
-    log_binom = float(binom.logcdf(errors, ecc.CODED_BITS, 0.5)) + ecc.SERIAL_BITS * math.log(2)
+    log_binom = _log_binomial_cdf(errors, ecc.CODED_BITS) + ecc.SERIAL_BITS * math.log(2)
     log_check = -ecc.CHECK_BITS * math.log(2)
     return min(1.0, tried * math.exp(min(log_binom, log_check)))
+
+
+def _log_binomial_cdf(k: int, n: int) -> float:
+    """log P(X <= k) for X ~ Binomial(n, 1/2), exact in integers (no scipy.stats at import)."""
+    ways = sum(math.comb(n, i) for i in range(k + 1))
+    return math.log(ways / 2**n) if ways else -math.inf
 
 
 def _bit_errors(soft: FloatArray, serial: int, key: bytes) -> int:

@@ -36,7 +36,7 @@ def _serve(tmp_path: Path, port: int) -> subprocess.Popen[str]:
 
 
 def _wait_ready(port: int) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a loaded CI machine boots slowly
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
@@ -157,3 +157,17 @@ def test_database_pool_size_bounds_postgresql_connections_per_process(tmp_path):
         engine.dispose()
         services.close()
         drop_pg_database(url)
+
+
+def test_app_and_cli_start_without_the_mesh_stack() -> None:
+    """trimesh and scipy load on first use: a booting worker does not pay for them."""
+    probe = (
+        "import sys, api.app, api.cli, inventory.ingest, watermark\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'trimesh', 'scipy'}))\n"
+        "watermark.detect\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'trimesh', 'scipy'}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split("\n")[:2] == ["[]", "['scipy', 'trimesh']"]

@@ -317,7 +317,7 @@ class Server:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a loaded CI machine boots slowly
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self.url + "/ready").status_code == 200:

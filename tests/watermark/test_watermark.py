@@ -14,6 +14,7 @@ and the complete table took most of the CI budget. Set
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ import trimesh  # noqa: E402
 
 from watermark import Detection, derive_brand_key, detect, ecc  # noqa: E402
 from watermark.attacks import ATTACKS  # noqa: E402
-from watermark.core import Embedding, embedding  # noqa: E402
+from watermark.core import Embedding, _log_binomial_cdf, embedding  # noqa: E402
 
 NAMES = sorted(p.name for p in FIXTURES.iterdir())
 SERIAL = 0xFEDCBA9876543210
@@ -111,6 +112,16 @@ def test_code_corrects_errors_and_check_binds_key() -> None:
     noisy[::9] *= -1  # 11 % raw bit errors, spread out
     assert ecc.decode(noisy, KEY) == (SERIAL, True)
     assert ecc.decode(code, OTHER_KEY)[1] is False
+
+
+def test_false_alarm_bound_uses_the_exact_binomial_tail() -> None:
+    from scipy.stats import binom
+
+    n = ecc.CODED_BITS
+    for errors in (0, 1, 17, 40, n // 2, n):
+        expected = float(binom.logcdf(errors, n, 0.5))
+        assert _log_binomial_cdf(errors, n) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert _log_binomial_cdf(-1, n) == -math.inf
 
 
 @pytest.mark.parametrize("name", MESHES)
