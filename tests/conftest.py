@@ -7,10 +7,13 @@ never skip.
 
 from __future__ import annotations
 
+import functools
 import locale
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -115,6 +118,7 @@ def moto_server() -> Iterator[str]:
 
     saved = {name: os.environ.get(name) for name in _MOTO_ENV}
     _set_env(_MOTO_ENV)
+    restore = _atomic_object_writes()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -122,7 +126,40 @@ def moto_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+        restore()
         _set_env(saved)
+
+
+def _atomic_object_writes() -> Callable[[], None]:
+    """Make moto's conditional writes atomic, as S3's are; returns the undo.
+
+    Moto checks ``If-None-Match: *`` and then writes, in two steps on its
+    request threads, so two racing creates can both succeed (seen once under
+    load). S3 decides a conditional write atomically: one wins, the others get
+    412. The server's object writes (PUT, and POST for CompleteMultipartUpload)
+    take one lock so the race tests measure partvault's handling, not moto's.
+    """
+    from moto.s3.responses import S3Response
+
+    lock = threading.Lock()
+    originals = {name: getattr(S3Response, name) for name in ("put_object", "_key_response_post")}
+
+    def serialised(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return method(*args, **kwargs)
+
+        return locked
+
+    for name, method in originals.items():
+        setattr(S3Response, name, serialised(method))
+
+    def restore() -> None:
+        for name, method in originals.items():
+            setattr(S3Response, name, method)
+
+    return restore
 
 
 def _set_env(values: dict[str, str | None]) -> None:
