@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -70,11 +72,21 @@ def build_app(*, max_json_bytes: int) -> Litestar:
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
-        on_startup=[_start_dispatcher],
+        on_startup=[_load_mesh_stack, _start_dispatcher],
         on_shutdown=[_stop_dispatcher, _close_services],
         debug=False,
         logging_config=None,
     )
+
+
+def _load_mesh_stack(app: Litestar) -> None:
+    """Import trimesh and scipy before the worker takes requests.
+
+    They load lazily (the CLI rarely needs them), but a worker that loaded them
+    on its first upload would hold the event loop for about a second mid-traffic.
+    """
+    importlib.import_module("inventory.ingest.service")
+    importlib.import_module("watermark.core")
 
 
 async def _start_dispatcher(app: Litestar) -> None:

@@ -159,15 +159,25 @@ def test_database_pool_size_bounds_postgresql_connections_per_process(tmp_path):
         drop_pg_database(url)
 
 
-def test_app_and_cli_start_without_the_mesh_stack() -> None:
-    """trimesh and scipy load on first use: a booting worker does not pay for them."""
+def test_mesh_stack_loads_when_a_worker_starts_not_on_import(tmp_path: Path) -> None:
+    """Importing the app or the CLI leaves trimesh and scipy out; a worker's startup loads them."""
     probe = (
-        "import sys, api.app, api.cli, inventory.ingest, watermark\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'trimesh', 'scipy'}))\n"
-        "watermark.detect\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'trimesh', 'scipy'}))\n"
+        "import sys\n"
+        "def loaded(): return sorted({m.split('.')[0] for m in sys.modules} & {'trimesh', 'scipy'})\n"
+        "import api.app, api.cli, inventory.ingest, watermark\n"
+        "from api.bootstrap import prepare\n"
+        "from api.config import Settings\n"
+        "from litestar.testing import TestClient\n"
+        "print(loaded())\n"
+        "settings = Settings.from_env()\n"
+        "prepare(settings)\n"
+        "app = api.app.create_app(settings)\n"
+        "print(loaded())\n"
+        "with TestClient(app):\n"
+        "    print(loaded())\n"
     )
+    env = _env(tmp_path, PARTVAULT_DATA_DIR=str(tmp_path / "data"))
     result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
     )
-    assert result.stdout.split("\n")[:2] == ["[]", "['scipy', 'trimesh']"]
+    assert result.stdout.split("\n")[:3] == ["[]", "[]", "['scipy', 'trimesh']"]
