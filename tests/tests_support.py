@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 
@@ -14,6 +18,11 @@ from cryptography.hazmat.primitives import serialization
 SHARED = Path(os.environ.get("PARTVAULT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 MESHES = SHARED / "fixtures" / "meshes"
 BAD = SHARED / "fixtures" / "bad"
+
+#: How long a test waits for a `partvault serve` it started to answer /ready. A
+#: failure deadline, not a timing: a loaded 2-core CI machine boots a server
+#: several times slower than an idle one.
+BOOT_SECONDS = 120
 
 PG_ADMIN_URL = os.environ.get(
     "PARTVAULT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -49,3 +58,25 @@ def write_private_pem(key: Any, path: Path) -> Path:
         )
     )
     return path
+
+
+def wait_ready(
+    url: str,
+    proc: subprocess.Popen[Any],
+    log: Callable[[], str] = lambda: "",
+    seconds: float = BOOT_SECONDS,
+) -> None:
+    """Poll ``url/ready`` until it answers 200; fail with the tail of `log` if
+    `proc` exits first or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early:\n{log()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server never became ready:\n{log()[-4000:]}")
+        time.sleep(0.2)

@@ -14,14 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tests_support import wait_ready
 
 from licensing.audit import (
     AuditVerificationError,
@@ -271,14 +270,7 @@ def test_audit_verify_runs_against_a_real_server(world, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 120  # a loaded CI machine boots slowly
-        while True:
-            try:
-                if httpx.get(url + "/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not become ready"
-                time.sleep(0.1)
+        wait_ready(url, server)
         saved = tmp_path / "checkpoint.txt"
         run = subprocess.run(
             [sys.executable, "-m", "api.cli", "audit", "verify", "--save", str(saved)],

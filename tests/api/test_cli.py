@@ -7,10 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+from tests_support import wait_ready
 
 
 def _free_port() -> int:
@@ -35,17 +35,6 @@ def _serve(tmp_path: Path, port: int) -> subprocess.Popen[str]:
     )
 
 
-def _wait_ready(port: int) -> None:
-    deadline = time.monotonic() + 120  # a loaded CI machine boots slowly
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError("server did not become ready")
-
-
 def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
@@ -58,7 +47,7 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
 def test_serve_with_no_configuration_prints_admin_token_once(tmp_path):
     port = _free_port()
     first = _serve(tmp_path, port)
-    _wait_ready(port)
+    wait_ready(f"http://127.0.0.1:{port}", first)
     out, _ = _stop(first)
     token = out.strip().splitlines()[-1]
     assert token.startswith("pv_admin_")
@@ -67,7 +56,7 @@ def test_serve_with_no_configuration_prints_admin_token_once(tmp_path):
     assert (data.stat().st_mode & 0o777) == 0o700
 
     second = _serve(tmp_path, port)
-    _wait_ready(port)
+    wait_ready(f"http://127.0.0.1:{port}", second)
     me = httpx.get(f"http://127.0.0.1:{port}/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert me.status_code == 200 and me.json()["kind"] == "operator"
     out2, err2 = _stop(second)

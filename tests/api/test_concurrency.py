@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from api_helpers import PROFILE, facility_body, facility_keys
-from tests_support import create_pg_database, drop_pg_database
+from tests_support import BOOT_SECONDS, create_pg_database, drop_pg_database, wait_ready
 
 from inventory.db import utcnow
 from licensing.tokens import make_proof
@@ -43,9 +42,6 @@ PRINTS = 37
 ATTEMPTS = 200
 CLIENT_THREADS = 40
 WORKERS = 4
-# five processes import the app on two cores shared with the other test worker:
-# about 8 s here when idle, several times that on a loaded CI machine
-BOOT_SECONDS = 240
 REDEEMED = (
     "SELECT count(*) FROM audit_entry WHERE event_type = 'licensing:print:redeemed'"
     " AND subject LIKE :subject"
@@ -102,19 +98,10 @@ def _launch(folder: Path, database_url: str) -> Server:
     return Server(proc, base, database_url, "", out, err)
 
 
-def _await_ready(server: Server, deadline: float) -> None:
-    """Poll /ready, then read the operator token printed on first start."""
-    while True:
-        if server.proc.poll() is not None:
-            raise AssertionError(f"server exited early:\n{server.stderr.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{server.base}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"server never became ready:\n{server.stderr.read_text()[-4000:]}")
-        time.sleep(0.2)
+def _await_ready(server: Server) -> None:
+    """Wait for /ready, then read the operator token printed on first start."""
+    # five processes boot on two cores shared with the other test worker
+    wait_ready(server.base, server.proc, server.stderr.read_text, 2 * BOOT_SECONDS)
     printed = server.stdout.read_text()
     tokens = [word for word in printed.split() if word.startswith("pv_admin_")]
     assert len(tokens) == 1, f"no admin token on stdout: {printed!r}"
@@ -143,7 +130,7 @@ def server(
     url = pg_url or f"sqlite:///{folder / 'data' / 'partvault.db'}"
     started = _launch(folder, url)
     try:
-        _await_ready(started, time.monotonic() + BOOT_SECONDS)
+        _await_ready(started)
         yield started
     finally:
         _stop(started)

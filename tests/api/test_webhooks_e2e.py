@@ -31,6 +31,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from api_helpers import PROFILE, facility_body, facility_keys
+from tests_support import wait_ready
 
 from api.config import Settings
 
@@ -317,14 +318,7 @@ class Server:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 120  # a loaded CI machine boots slowly
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/ready").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise AssertionError("server did not become ready:\n" + self.log.read_text()[-3000:])
+        wait_ready(self.url, self.proc, self.log.read_text)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
