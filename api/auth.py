@@ -11,7 +11,7 @@ Hot write paths ask for ``credentials`` instead (parsed on the event loop) and
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from litestar import Request
@@ -20,8 +20,10 @@ from sqlmodel import Session
 
 from api.services import Services
 from inventory.accounts import Principal, TokenKind, authenticate
+from inventory.db import utcnow
 from inventory.errors import BadRequest, Forbidden, Unauthorized
 from licensing import facilities
+from licensing.tokens.dpop import CheckedProof, check_proof
 from licensing.tokens.replay import SpentProof
 
 #: A principal injected by the dependency named like the parameter.
@@ -48,6 +50,23 @@ class Credentials:
     proof: str | None
     htm: str
     htu: str
+    checked_proof: CheckedProof | None = None
+
+
+def check_proof_ahead(credentials: Credentials) -> Credentials:
+    """`credentials` with their DPoP proof (if any) checked as far as it can be
+    without the database (`licensing.tokens.dpop.check_proof`); `authorize`
+    then finishes the check in the caller's transaction instead of redoing it."""
+    if not credentials.proof:
+        return credentials
+    checked = check_proof(
+        credentials.proof,
+        htm=credentials.htm,
+        htu=credentials.htu,
+        access_token=credentials.token,
+        now=utcnow(),
+    )
+    return replace(credentials, checked_proof=checked)
 
 
 #: The request's credentials, for routes that `authorize` inside their own transaction.
@@ -90,6 +109,7 @@ def authorize(
             htm=credentials.htm,
             htu=credentials.htu,
             access_token=credentials.token,
+            checked=credentials.checked_proof,
         )
     if principal.kind not in kinds:
         allowed = " or ".join(k.value for k in kinds)

@@ -5,7 +5,11 @@ statements and one commit; alone, the commit (an fsync on SQLite, the audit
 head's row lock on PostgreSQL) and the statements that every request repeats
 (token, facility, licence, certifications) dominate. So requests queue on the
 event loop, and one worker thread at a time takes everything queued and runs
-it in one transaction:
+it in one transaction. Before that, a request's DPoP proof is checked as far as
+it can be without the database (`api.auth.check_proof_ahead`), in another worker
+thread: the signature check runs without the GIL, on the other core, while the
+batch before commits, and outside the writer turn that server processes take one
+at a time. In the transaction:
 
 - each request runs under its own SAVEPOINT: a refused request (any
   `PartvaultError`) rolls back to it and answers alone, the others commit; its
@@ -33,15 +37,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 import anyio
 import msgspec
 from sqlmodel import Session
 
-from api.auth import Authorized, Credentials, authorize
+from api.auth import Authorized, Credentials, authorize, check_proof_ahead
 from api.problems import problem_body
 from api.services import Services
 from inventory.accounts import Principal, TokenKind
@@ -57,6 +62,7 @@ MAX_BATCH = 64
 #: How often a lone request that lost a deadlock is run again.
 DEADLOCK_RETRIES = 3
 Work = Callable[[Session, Principal], Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -85,12 +91,18 @@ class Request:
 Outcome = bytes | Replay | BaseException
 
 
+Queued = tuple[Request, asyncio.Future[bytes | Replay]]
+
+
 @dataclass
 class _Queue:
-    """The requests of one process waiting on its event loop, and the task draining them."""
+    """The requests of one process on its event loop: those whose proofs are still to
+    be checked, those waiting for a transaction, and the tasks serving each list."""
 
     loop: asyncio.AbstractEventLoop
-    waiting: list[tuple[Request, asyncio.Future[bytes | Replay]]] = field(default_factory=list)
+    unchecked: list[Queued] = field(default_factory=list)
+    waiting: list[Queued] = field(default_factory=list)
+    checking: asyncio.Task[None] | None = None
     draining: asyncio.Task[None] | None = None
 
 
@@ -105,30 +117,75 @@ async def run_grouped(services: Services, request: Request) -> bytes | Replay:
     if queue is None or queue.loop is not loop:
         queue = _queues[services] = _Queue(loop)
     answer: asyncio.Future[bytes | Replay] = loop.create_future()
-    queue.waiting.append((request, answer))
-    if queue.draining is None:
-        queue.draining = loop.create_task(_drain(services, queue))
+    if request.credentials.proof:
+        queue.unchecked.append((request, answer))
+        if queue.checking is None:
+            queue.checking = loop.create_task(_check(services, queue))
+    else:
+        _wait_for_commit(services, queue, [(request, answer)])
     return await answer
+
+
+async def _check(services: Services, queue: _Queue) -> None:
+    """Check the proofs of the queued requests in a worker thread, then queue them to
+    commit. The check (an Ed25519 verification, which runs without the GIL) then
+    runs on another core while the batch before commits, and outside the
+    database's writer turn, which server processes take one at a time."""
+
+    def checked(batch: list[Queued], requests: list[Request]) -> None:
+        queued = [(request, answer) for request, (_, answer) in zip(requests, batch, strict=True)]
+        _wait_for_commit(services, queue, queued)
+
+    try:
+        await _serve(queue.unchecked, _check_proofs, checked)
+    finally:
+        queue.checking = None
+
+
+def _check_proofs(requests: list[Request]) -> list[Request]:
+    return [
+        replace(request, credentials=check_proof_ahead(request.credentials)) for request in requests
+    ]
+
+
+def _wait_for_commit(services: Services, queue: _Queue, queued: list[Queued]) -> None:
+    queue.waiting += queued
+    if queue.draining is None:
+        queue.draining = queue.loop.create_task(_drain(services, queue))
 
 
 async def _drain(services: Services, queue: _Queue) -> None:
     """Commit batches until nothing waits; each batch is answered after its commit."""
-    batch: list[tuple[Request, asyncio.Future[bytes | Replay]]] = []
+
+    def committed(batch: list[Queued], outcomes: list[Outcome]) -> None:
+        for (_, answer), outcome in zip(batch, outcomes, strict=True):
+            _settle(answer, outcome)
+
     try:
-        while queue.waiting:
-            batch = queue.waiting[:MAX_BATCH]
-            del queue.waiting[:MAX_BATCH]
-            requests = [request for request, _ in batch]
-            outcomes = await anyio.to_thread.run_sync(commit, services, requests)
-            for (_, answer), outcome in zip(batch, outcomes, strict=True):
-                _settle(answer, outcome)
-    except BaseException:  # cancelled (shutdown): nobody may wait forever
-        for _, answer in batch + queue.waiting:
-            answer.cancel()
-        queue.waiting.clear()
-        raise
+        await _serve(queue.waiting, partial(commit, services), committed)
     finally:
         queue.draining = None
+
+
+async def _serve(
+    pending: list[Queued],
+    step: Callable[[list[Request]], list[T]],
+    then: Callable[[list[Queued], list[T]], None],
+) -> None:
+    """Until `pending` is empty, take up to `MAX_BATCH` of its requests, run `step` on
+    them in a worker thread and pass its results to `then` on the event loop."""
+    batch: list[Queued] = []
+    try:
+        while pending:
+            batch = pending[:MAX_BATCH]
+            del pending[:MAX_BATCH]
+            results = await anyio.to_thread.run_sync(step, [request for request, _ in batch])
+            then(batch, results)
+    except BaseException:  # cancelled (shutdown): nobody may wait forever
+        for _, answer in batch + pending:
+            answer.cancel()
+        pending.clear()
+        raise
 
 
 def commit(services: Services, batch: list[Request]) -> list[Outcome]:

@@ -25,7 +25,7 @@ from inventory.db import UTCDateTime, new_id, shared_read, utcnow
 from inventory.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from licensing.audit import log_event
 from licensing.audit.events import format_time
-from licensing.tokens.dpop import verify_proof
+from licensing.tokens.dpop import CheckedProof, check_proof, finish_proof
 from licensing.tokens.replay import DbReplayGuard, SpentProof
 from licensing.tokens.thumbprint import key_thumbprint
 
@@ -431,25 +431,22 @@ def verify_possession(
     htm: str,
     htu: str,
     access_token: str,
+    checked: CheckedProof | None = None,
 ) -> SpentProof:
     """Check the request's DPoP proof against the facility's registered key.
 
     A stolen facility token is useless without the facility's private key.
-    Returns the proof now spent (for the caller to keep spent if it rolls back).
+    `checked` is the proof as the caller already checked it on its own
+    (`check_proof`), if it did. Returns the proof now spent (for the caller to keep
+    spent if it rolls back).
     """
     assert principal.facility_id is not None
     expected_jkt = require_approved(session, principal.facility_id)
     if not proof:
         raise Unauthorized("a DPoP proof header is required", code="dpop-missing")
+    if checked is None or checked.proof != proof:
+        checked = check_proof(proof, htm=htm, htu=htu, access_token=access_token, now=utcnow())
     guard = DbReplayGuard(session)
-    verify_proof(
-        proof,
-        htm=htm,
-        htu=htu,
-        access_token=access_token,
-        expected_jkt=expected_jkt,
-        replay_guard=guard,
-        now=utcnow(),
-    )
+    finish_proof(checked, expected_jkt=expected_jkt, replay_guard=guard)
     assert guard.spent is not None
     return guard.spent

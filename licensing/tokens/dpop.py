@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Annotated, Any
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from inventory.errors import Unauthorized
 from licensing.tokens._jose import (
     ALG,
     Kind,
@@ -79,6 +81,25 @@ def make_proof(
     return encode_compact(header, canonical_json(claims), private_key.sign)
 
 
+@dataclass(frozen=True)
+class CheckedProof:
+    """A proof checked as far as it can be on its own: header, key, signature,
+    request binding and age. What is left needs the database: the facility's
+    registered key and the replay cache (`finish_proof`).
+
+    The refusals found before the key comparison (`early`) and after it
+    (`late`) are kept apart, so that a proof checked ahead is refused exactly
+    as `verify_proof` refuses it.
+    """
+
+    proof: str
+    jkt: str  # the thumbprint of the header's key ("" when `early` is set)
+    jti: str
+    expires: datetime
+    early: Unauthorized | None = None
+    late: Unauthorized | None = None
+
+
 def verify_proof(
     proof: str,
     *,
@@ -96,27 +117,60 @@ def verify_proof(
     facility's registered key must have (the caller checks they agree). The
     replay guard is consulted last, so refused proofs never fill the cache.
     """
-    header = read_header(proof, DPOP)
-    key = _proof_key(header.get("jwk"), expected_jkt)
-    claims = decode_claims(verify_signature(proof, key, DPOP), _ProofPayload, DPOP)
-    _check_request(claims, htm=htm, htu=htu, access_token=access_token)
-    _check_fresh(claims.iat, now, max_age)
+    checked = check_proof(
+        proof, htm=htm, htu=htu, access_token=access_token, now=now, max_age=max_age
+    )
+    finish_proof(checked, expected_jkt=expected_jkt, replay_guard=replay_guard)
+
+
+def check_proof(
+    proof: str,
+    *,
+    htm: str,
+    htu: str,
+    access_token: str,
+    now: datetime,
+    max_age: int = DEFAULT_MAX_AGE,
+) -> CheckedProof:
+    """Every check of `verify_proof` that needs no database, refusals recorded, not raised.
+
+    Pure CPU (the signature check runs without the GIL), so a server can run it
+    on another thread, before the request takes its turn to write.
+    """
+    try:
+        header = read_header(proof, DPOP)
+        key, jkt = _proof_key(header.get("jwk"))
+    except Unauthorized as exc:
+        return CheckedProof(proof, jkt="", jti="", expires=now, early=exc)
+    try:
+        claims = decode_claims(verify_signature(proof, key, DPOP), _ProofPayload, DPOP)
+        _check_request(claims, htm=htm, htu=htu, access_token=access_token)
+        _check_fresh(claims.iat, now, max_age)
+    except Unauthorized as exc:
+        return CheckedProof(proof, jkt=jkt, jti="", expires=now, late=exc)
     expires = from_timestamp(claims.iat) + timedelta(seconds=max_age)
-    replay_guard.remember(f"{expected_jkt}\x00{claims.jti}", expires)
+    return CheckedProof(proof, jkt=jkt, jti=claims.jti, expires=expires)
 
 
-def _proof_key(jwk: Any, expected_jkt: str) -> Ed25519PublicKey:
-    """The public key in the header, which must be the expected facility key."""
+def finish_proof(checked: CheckedProof, *, expected_jkt: str, replay_guard: ReplayGuard) -> None:
+    """Refuse a checked proof as `verify_proof` would, or remember its ``jti``."""
+    if checked.early is not None:
+        raise checked.early
+    if not hmac.compare_digest(checked.jkt.encode(), expected_jkt.encode()):
+        raise DPOP.fail("key-mismatch", "signed by a key other than the licensed facility's")
+    if checked.late is not None:
+        raise checked.late
+    replay_guard.remember(f"{expected_jkt}\x00{checked.jti}", checked.expires)
+
+
+def _proof_key(jwk: Any) -> tuple[Ed25519PublicKey, str]:
+    """The public key in the header and its thumbprint."""
     if not isinstance(jwk, dict):
         raise DPOP.fail("jwk-invalid", "header must carry the public jwk")
     try:
-        key = ed25519_from_jwk(jwk)
-        thumbprint = jwk_thumbprint(jwk)
+        return ed25519_from_jwk(jwk), jwk_thumbprint(jwk)
     except ValueError as exc:
         raise DPOP.fail("jwk-invalid", "header jwk is not a public Ed25519 key") from exc
-    if not hmac.compare_digest(thumbprint.encode(), expected_jkt.encode()):
-        raise DPOP.fail("key-mismatch", "signed by a key other than the licensed facility's")
-    return key
 
 
 def _check_request(claims: _ProofPayload, *, htm: str, htu: str, access_token: str) -> None:

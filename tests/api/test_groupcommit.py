@@ -12,12 +12,15 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import msgspec
 import sqlalchemy as sa
+from api_helpers import facility_keys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from api.auth import Credentials
+from api.auth import Credentials, check_proof_ahead
 from api.groupcommit import Once, Request, commit, run_grouped
 from api.schemas import PrintJobOut, RedeemIn
 from inventory.accounts import TokenKind, authenticate
@@ -160,6 +163,81 @@ def test_requests_queued_together_share_one_transaction(world):
     used = sorted(msgspec.json.decode(body)["serial"] for body in bodies)
     assert len(set(used)) == 8
     assert _state(world, licence["jti"]) == (8, 8, 8)
+
+
+def _grouped(services: Any, requests: list[Request]) -> list[Any]:
+    """Queue `requests` together as the route does; their bodies or refusals."""
+
+    async def run_all() -> list[Any]:
+        calls = (run_grouped(services, r) for r in requests)
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    return asyncio.run(run_all())
+
+
+def test_proofs_are_checked_ahead_and_not_again_in_the_transaction(world, monkeypatch):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=4)
+
+    def checked_again(*_: Any, **__: Any) -> None:
+        raise AssertionError("a proof checked ahead was checked again in the transaction")
+
+    monkeypatch.setattr("licensing.facilities.check_proof", checked_again)
+    outcomes = _grouped(services, [_redemption(world, licence) for _ in range(4)])
+    assert all(isinstance(o, bytes) for o in outcomes), outcomes
+    assert _state(world, licence["jti"]) == (4, 4, 4)
+
+
+def test_a_proof_checked_ahead_is_refused_in_the_same_order_as_inline(world):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=3)
+    htu = world.api.settings.public_url + f"/v1/licences/{licence['jti']}/redeem"
+    stranger = Ed25519PrivateKey.generate()
+
+    def proof(key: Ed25519PrivateKey, htm: str = "POST") -> str:
+        return make_proof(key, htm=htm, htu=htu, access_token=world.bureau.token, now=utcnow())
+
+    unknown_token = _redemption(world, licence, proof="not.a.proof")
+    unknown_token = replace(
+        unknown_token, credentials=replace(unknown_token.credentials, token="pv_fac_unknown")
+    )
+    outcomes = _grouped(
+        services,
+        [
+            unknown_token,  # the token is looked at before the proof
+            _redemption(world, licence, proof=proof(stranger, htm="GET")),  # key before htm
+            _redemption(world, licence, proof=proof(world.bureau.pop_key, htm="GET")),
+            _redemption(world, licence, proof="not.a.proof"),
+        ],
+    )
+    codes = [o.code for o in outcomes]
+    assert codes == ["token-invalid", "dpop-key-mismatch", "dpop-htm-mismatch", "dpop-malformed"]
+    assert _state(world, licence["jti"]) == (0, 0, 0)
+
+
+def test_a_key_rotated_after_the_check_ahead_refuses_the_proof(world):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=3)
+    request = _redemption(world, licence)
+    request = replace(request, credentials=check_proof_ahead(request.credentials))
+    assert request.credentials.checked_proof is not None
+    _, _, new_pop_pem, _ = facility_keys()
+    path = f"/v1/facilities/{world.bureau.id}"
+    world.api.ok("PATCH", path, world.api.admin, json={"pop_public_key": new_pop_pem})
+    (outcome,) = commit(services, [request])
+    assert isinstance(outcome, Unauthorized) and outcome.code == "dpop-key-mismatch"
+    assert _state(world, licence["jti"]) == (0, 0, 0)
+
+
+def test_a_check_made_for_another_proof_is_not_trusted(world):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=3)
+    good = check_proof_ahead(_redemption(world, licence).credentials)
+    request = _redemption(world, licence, proof="not.a.proof")
+    credentials = replace(request.credentials, checked_proof=good.checked_proof)
+    (outcome,) = commit(services, [replace(request, credentials=credentials)])
+    assert isinstance(outcome, Unauthorized) and outcome.code == "dpop-malformed"
+    assert _state(world, licence["jti"]) == (0, 0, 0)
 
 
 def test_shared_reads_read_once_per_transaction_until_forgotten(world):
