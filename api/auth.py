@@ -24,7 +24,6 @@ from inventory.db import utcnow
 from inventory.errors import BadRequest, Forbidden, Unauthorized
 from licensing import facilities
 from licensing.tokens.dpop import CheckedProof, check_proof
-from licensing.tokens.replay import SpentProof
 
 #: A principal injected by the dependency named like the parameter.
 Auth = NamedDependency[Principal]
@@ -73,14 +72,6 @@ def check_proof_ahead(credentials: Credentials) -> Credentials:
 Creds = NamedDependency[Credentials]
 
 
-@dataclass(frozen=True)
-class Authorized:
-    """An authenticated caller and the DPoP proof its request spent (facilities only)."""
-
-    principal: Principal
-    spent_proof: SpentProof | None = None
-
-
 def credentials_of(request: Request[Any, Any, Any], services: Svc) -> Credentials:
     """The request's credentials. Takes `services` as a dependency so that a route
     asking for both resolves them one after the other: Litestar resolves
@@ -96,13 +87,12 @@ def credentials_of(request: Request[Any, Any, Any], services: Svc) -> Credential
 
 def authorize(
     session: Session, credentials: Credentials, kinds: Collection[TokenKind]
-) -> Authorized:
+) -> Principal:
     """Authenticate in the caller's transaction; a facility must also prove possession
     of its key; a token of another role is refused (403)."""
     principal = authenticate(session, credentials.token)
-    spent = None
     if principal.kind == TokenKind.facility:
-        spent = facilities.verify_possession(
+        facilities.verify_possession(
             session,
             principal,
             proof=credentials.proof,
@@ -114,14 +104,14 @@ def authorize(
     if principal.kind not in kinds:
         allowed = " or ".join(k.value for k in kinds)
         raise Forbidden(f"this call is for {allowed} tokens", code="wrong-role")
-    return Authorized(principal, spent)
+    return principal
 
 
 def _requiring(*kinds: TokenKind) -> Callable[[Request[Any, Any, Any], Services], Principal]:
     def dependency(request: Request[Any, Any, Any], services: Svc) -> Principal:
         credentials = credentials_of(request, services)
         with services.transaction() as session:
-            return authorize(session, credentials, kinds).principal
+            return authorize(session, credentials, kinds)
 
     return dependency
 

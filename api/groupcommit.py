@@ -11,20 +11,24 @@ thread: the signature check runs without the GIL, on the other core, while the
 batch before commits, and outside the writer turn that server processes take one
 at a time. In the transaction:
 
-- each request runs under its own SAVEPOINT: a refused request (any
-  `PartvaultError`) rolls back to it and answers alone, the others commit; its
-  DPoP proof is recorded as spent again (a refused request's proof cannot be
-  replayed either);
+- the batch runs in two passes. First every request is authorized and claims
+  its Idempotency-Key, if it sent one (`_admit`, in the order of token and
+  key). Then every admitted request works (`_work`, in the order of its URI,
+  which names the licence a redemption locks). So batches of several
+  processes take keys, then licence rows, each in one order, and never
+  deadlock on them;
+- a request works under its own SAVEPOINT: a refused request (any
+  `PartvaultError`) rolls back to it and answers alone, the others commit. Its
+  DPoP proof stays spent: the replay cache row was written in the first pass,
+  which needs no savepoint (all it writes before a refusal is kept anyway);
 - reads of rows the requests never change are made once per transaction
   (`shared_reads`) and forgotten whenever a request rolls back;
 - the audit events of the requests that succeed are appended as one batch
   (`queued_appends`);
-- a request with an Idempotency-Key claims its key, works and stores its
-  response under its savepoint, so the claim, the work and the stored response
-  commit together (a retry waits for that commit and replays, in any process);
-  a refusal after the claim is stored too and replayed like a success;
-- requests run in the order of their URI (`_lock_order`), so batches of
-  several processes take licence rows in one order and never deadlock on them;
+- a claimed key's work and its stored response (or refusal, a client error)
+  commit together with the claim: a retry waits for that commit and replays,
+  in any process. A retry in the same batch waits for a later round of both
+  passes;
 - nobody is answered before the commit. If the transaction as a whole fails
   (the database went away, a bug), every request of the batch is run again
   alone, so one request's failure is never another's (and claims nothing).
@@ -36,6 +40,7 @@ database's conditional UPDATE, across any number of processes.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -46,7 +51,7 @@ import anyio
 import msgspec
 from sqlmodel import Session
 
-from api.auth import Authorized, Credentials, authorize, check_proof_ahead
+from api.auth import Credentials, authorize, check_proof_ahead
 from api.problems import problem_body
 from api.services import Services
 from inventory.accounts import Principal, TokenKind
@@ -55,7 +60,6 @@ from inventory.errors import PartvaultError
 from licensing.audit import AuditEvent, queued_appends
 from licensing.orders import idempotency
 from licensing.orders.idempotency import Replay
-from licensing.tokens.replay import keep_spent
 
 #: The most requests one transaction takes (bounds a batch's latency).
 MAX_BATCH = 64
@@ -199,9 +203,8 @@ def commit(services: Services, batch: list[Request]) -> list[Outcome]:
 
 
 def _alone_again(services: Services, request: Request, failure: Exception) -> Outcome:
-    """A lone request whose transaction lost a deadlock (to another process's batch:
-    e.g. a retry holding its Idempotency-Key while waiting for the licence row
-    this one holds) is run again, a few times; any other failure is its answer."""
+    """A lone request whose transaction lost a deadlock (to another process's
+    transaction) is run again, a few times; any other failure is its answer."""
     for _ in range(DEADLOCK_RETRIES):
         if not is_deadlock(failure):
             break
@@ -212,89 +215,129 @@ def _alone_again(services: Services, request: Request, failure: Exception) -> Ou
     return failure
 
 
+@dataclass(frozen=True)
+class _Admitted:
+    """A request past the first pass: who it is, and the record of the
+    Idempotency-Key it claimed (None without a key)."""
+
+    principal: Principal
+    record_id: str | None
+
+
 def _commit_together(services: Services, batch: list[Request]) -> list[Outcome]:
+    """The batch in one transaction, in two passes: every request is admitted
+    (`_admit`) in `_claim_order`, then the admitted ones work (`_work`) in
+    `_lock_order`. No request takes a licence row before every key of the batch
+    is claimed, so a batch never holds a licence row while it waits for a key.
+    A request repeating the Idempotency-Key of an earlier one in the batch (a
+    quick retry) waits for a later round of both passes, which finds the earlier
+    one's answer stored and replays it."""
     outcomes: dict[int, Outcome] = {}
     with (
         services.transaction() as session,
         shared_reads(session),
         queued_appends(session) as events,
     ):
-        for index in sorted(range(len(batch)), key=lambda i: _lock_order(batch[i])):
-            outcomes[index] = _attempt(session, events, batch[index])
+        for round_ in _rounds(batch):
+            admitted: dict[int, _Admitted] = {}
+            for index in sorted(round_, key=lambda i: _claim_order(batch[i])):
+                admission = _admit(session, batch[index])
+                if isinstance(admission, _Admitted):
+                    admitted[index] = admission
+                else:
+                    outcomes[index] = admission
+            for index in sorted(admitted, key=lambda i: (_lock_order(batch[i]), i)):
+                outcomes[index] = _work(session, events, batch[index], admitted[index])
     return [outcomes[index] for index in range(len(batch))]
 
 
+def _rounds(batch: list[Request]) -> list[list[int]]:
+    """The batch's indexes by round: the n-th request with one token and key in round n."""
+    rounds: list[list[int]] = []
+    seen: Counter[tuple[str, str]] = Counter()
+    for index, request in enumerate(batch):
+        round_ = 0
+        if request.once is not None:
+            sent = (request.credentials.token, request.once.key)
+            round_, seen[sent] = seen[sent], seen[sent] + 1
+        if round_ == len(rounds):
+            rounds.append([])
+        rounds[round_].append(index)
+    return rounds
+
+
+def _claim_order(request: Request) -> tuple[str, str]:
+    """The order of the first pass: by token, then Idempotency-Key. The rows it may
+    lock (a token's last-use stamp, a key's claim) are then taken in one order by
+    the batches of every process."""
+    return request.credentials.token, request.once.key if request.once else ""
+
+
 def _lock_order(request: Request) -> str:
-    """The order in which a batch runs its requests: by request URI, which names the
-    licence a redemption locks (stable: arrival order within one URI). Batches of
-    several processes on PostgreSQL then lock licence rows in one order; in
-    arrival order, two batches redeeming the same two licences in opposite orders
+    """The order of the second pass: by request URI, which names the licence a
+    redemption locks (stable: arrival order within one URI). Batches of several
+    processes on PostgreSQL then lock licence rows in one order; in arrival
+    order, two batches redeeming the same two licences in opposite orders
     deadlock, and the loser waits a second before it is run again."""
     return request.credentials.htu
 
 
-def _attempt(session: Session, events: list[AuditEvent], request: Request) -> Outcome:
-    """One request under its own savepoint: its JSON body, the answer stored for
-    its Idempotency-Key, or the error that refused it."""
+def _admit(session: Session, request: Request) -> _Admitted | Replay | PartvaultError:
+    """The first pass: authorize the caller and claim its Idempotency-Key (if it sent
+    one); the answer stored for the key, or the error that refused the request.
+
+    No savepoint: all this writes before a refusal is kept anyway. That is the
+    proof's row in the replay cache (a refused request's proof cannot be
+    replayed either), the token's last-use stamp, and an expired record of the
+    key, deleted. A claim refuses before it inserts.
+    """
+    try:
+        principal = authorize(session, request.credentials, request.kinds)
+        if request.once is None:
+            return _Admitted(principal, None)
+        key = idempotency.require_key(request.once.key)
+        claim = idempotency.begin(session, principal.token_id, key, request.once.fingerprint)
+    except PartvaultError as exc:
+        return exc
+    if isinstance(claim, Replay):
+        return claim
+    return _Admitted(principal, claim.record_id)
+
+
+def _work(
+    session: Session, events: list[AuditEvent], request: Request, admitted: _Admitted
+) -> bytes | PartvaultError:
+    """The second pass: the work under a savepoint of its own; its JSON body, or the
+    error that refused it. A refusal rolls back the work alone. For a claimed key
+    a refusal (a client error) is stored and replayed like a success, so a
+    concurrent retry never finds the key free in between; a server error raises,
+    failing the batch and releasing the key with the rest."""
     queued = len(events)
-    authorized: Authorized | None = None
     savepoint = session.begin_nested()
     try:
-        authorized = authorize(session, request.credentials, request.kinds)
-        outcome = _run(session, events, request, authorized.principal)
+        body = msgspec.json.encode(request.work(session, admitted.principal))
         savepoint.commit()
     except PartvaultError as exc:
         savepoint.rollback()
         del events[queued:]
         forget_shared_reads(session)
-        if authorized is not None and authorized.spent_proof is not None:
-            keep_spent(session, authorized.spent_proof)
+        if admitted.record_id is not None:
+            _store_refusal(session, request, admitted.record_id, exc)
         return exc
-    return outcome
-
-
-def _run(
-    session: Session, events: list[AuditEvent], request: Request, principal: Principal
-) -> bytes | Replay | PartvaultError:
-    once = request.once
-    if once is None:
-        return msgspec.json.encode(request.work(session, principal))
-    key = idempotency.require_key(once.key)
-    claim = idempotency.begin(session, principal.token_id, key, once.fingerprint)
-    if isinstance(claim, Replay):
-        return claim
-    return _run_claimed(session, events, request, principal, claim.record_id)
-
-
-def _run_claimed(
-    session: Session,
-    events: list[AuditEvent],
-    request: Request,
-    principal: Principal,
-    record_id: str,
-) -> bytes | PartvaultError:
-    """The work of a claimed Idempotency-Key under a savepoint of its own, so that a
-    refusal (a client error) rolls back the work but keeps the claim: the refusal
-    is stored and replayed like a success, and a concurrent retry never finds the
-    key free in between. A server error raises, releasing the key with the rest."""
-    assert request.once is not None
-    once, queued = request.once, len(events)
-    work = session.begin_nested()
-    try:
-        body = msgspec.json.encode(request.work(session, principal))
-        work.commit()
-    except PartvaultError as exc:
-        work.rollback()
-        if exc.status >= 500:
-            raise
-        del events[queued:]
-        forget_shared_reads(session)
-        idempotency.finish(
-            session, record_id, exc.status, problem_body(exc, once.path, once.request_id)
-        )
-        return exc
-    idempotency.finish(session, record_id, once.status_code, body)
+    if admitted.record_id is not None:
+        assert request.once is not None
+        idempotency.finish(session, admitted.record_id, request.once.status_code, body)
     return body
+
+
+def _store_refusal(
+    session: Session, request: Request, record_id: str, refusal: PartvaultError
+) -> None:
+    if refusal.status >= 500:
+        raise refusal
+    assert request.once is not None
+    body = problem_body(refusal, request.once.path, request.once.request_id)
+    idempotency.finish(session, record_id, refusal.status, body)
 
 
 def _settle(answer: asyncio.Future[bytes | Replay], outcome: Outcome) -> None:

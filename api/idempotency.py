@@ -93,7 +93,7 @@ def run_idempotent(services: Services, post: CreatingPost) -> Response[bytes]:
     """Authorize the caller, then run the work once per (token, key) (a missing key
     is 400); replay its stored response afterwards."""
     with services.transaction() as session:
-        principal = authorize(session, post.credentials, post.kinds).principal
+        principal = authorize(session, post.credentials, post.kinds)
         key = idempotency.require_key(post.key)
         outcome = idempotency.begin(session, principal.token_id, key, _fingerprint(post))
     if isinstance(outcome, Replay):

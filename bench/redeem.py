@@ -311,14 +311,18 @@ class Run:
 
 async def _drive(port: int, raws: list[bytes], connections: int, seconds: float) -> Run:
     """Send `raws` in order on `connections` keep-alive connections until they run out
-    or `seconds` pass."""
+    or `seconds` pass. The connections are opened first, one at a time: opened at
+    once, the first worker process to wake would accept them all."""
     statuses: Counter[int] = Counter()
     latencies: list[float] = []
     queue = iter(raws)
+    opened = []
+    for _ in range(connections):
+        opened.append(await asyncio.open_connection("127.0.0.1", port))
+        await asyncio.sleep(0.005)
     deadline = time.perf_counter() + seconds
 
-    async def worker() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             for raw in queue:
                 sent = time.perf_counter()
@@ -330,7 +334,7 @@ async def _drive(port: int, raws: list[bytes], connections: int, seconds: float)
             writer.close()
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(connections)))
+    await asyncio.gather(*(worker(reader, writer) for reader, writer in opened))
     elapsed = time.perf_counter() - start
     return Run(sum(statuses.values()), elapsed, statuses, latencies)
 

@@ -15,7 +15,6 @@ the caller's transaction; the caller commits.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -62,32 +61,12 @@ def prune_replay_cache(session: Session, now: datetime) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-@dataclass(frozen=True)
-class SpentProof:
-    """A proof identifier a request used up, and until when it must stay spent."""
-
-    jti: str
-    expires: datetime
-
-
 class DbReplayGuard:
-    """A `ReplayGuard` on the caller's session; `spent` is what it last remembered."""
+    """A `ReplayGuard` on the caller's session."""
 
     def __init__(self, session: Session) -> None:
         self._session = session
-        self.spent: SpentProof | None = None
 
     def remember(self, jti: str, expires: datetime) -> None:
         """See `remember`."""
         remember(self._session, jti, expires)
-        self.spent = SpentProof(jti, expires)
-
-
-def keep_spent(session: Session, proof: SpentProof) -> None:
-    """Record `proof` as spent again after its request's transaction rolled back.
-
-    A refused request must not make its proof reusable; a row already there
-    (another request replayed it meanwhile) is fine.
-    """
-    row = {"digest": replay_digest(proof.jti), "expires_at": proof.expires}
-    insert_if_absent(session, DpopReplay, row, "digest")

@@ -21,7 +21,7 @@ from api_helpers import facility_keys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from api.auth import Credentials, check_proof_ahead
-from api.groupcommit import Once, Request, commit, run_grouped
+from api.groupcommit import Once, Outcome, Request, commit, run_grouped
 from api.schemas import PrintJobOut, RedeemIn
 from inventory.accounts import TokenKind, authenticate
 from inventory.db import forget_shared_reads, shared_read, shared_reads, utcnow
@@ -439,3 +439,39 @@ def test_batches_lock_licences_in_one_order_so_they_never_deadlock(world):
     assert all(isinstance(o, bytes) for batch in outcomes for o in batch)
     assert counts["head_updates"] == 2  # one per batch: neither failed and ran again
     assert _state(world, first["jti"]) == _state(world, second["jti"]) == (2, 2, 2)
+
+
+def test_a_batch_claims_its_keys_before_it_locks_a_licence(world):
+    """A quick retry in another process (here: another thread) claims its key, then
+    redeems. Had the batch holding the original locked the licence before claiming
+    the same key, each would wait for the other: on PostgreSQL a deadlock, one
+    transaction aborted after a second and run again. The batch claims every key
+    first, so the retry waits for its commit and replays the stored answer."""
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=3)
+    # the bureau's token was used a moment ago: no transaction stamps its last use (a row lock)
+    assert isinstance(commit(services, [_redemption(world, world.licence(prints=1))])[0], bytes)
+    counted, retry_claimed = threading.Event(), threading.Event()
+    original = _redemption(world, licence, key="quick-retry")
+    retry = _redemption(world, licence, key="quick-retry")
+    batch = [
+        _then_wait(_redemption(world, licence), counted, retry_claimed),
+        original,
+    ]
+
+    def claimed_then_work(session: Any, facility: Any) -> Any:
+        retry_claimed.set()
+        return retry.work(session, facility)
+
+    def run_retry() -> list[Outcome]:
+        counted.wait(timeout=5)
+        return commit(services, [replace(retry, work=claimed_then_work)])
+
+    with _counting(services.engine) as counts, ThreadPoolExecutor(2) as pool:
+        retried = pool.submit(run_retry)
+        outcomes = commit(services, batch)
+        (replayed,) = retried.result()
+    assert all(isinstance(o, bytes) for o in outcomes)
+    assert isinstance(replayed, Replay) and replayed.body == outcomes[1]
+    assert counts["head_updates"] == 1 and not retry_claimed.is_set()  # nothing ran again
+    assert _state(world, licence["jti"]) == (2, 2, 2)
