@@ -5,11 +5,12 @@ statements and one commit; alone, the commit (an fsync on SQLite, the audit
 head's row lock on PostgreSQL) and the statements that every request repeats
 (token, facility, licence, certifications) dominate. So requests queue on the
 event loop, and one worker thread at a time takes everything queued and runs
-it in one transaction. Before that, a request's DPoP proof is checked as far as
-it can be without the database (`api.auth.check_proof_ahead`), in another worker
-thread: the signature check runs without the GIL, on the other core, while the
-batch before commits, and outside the writer turn that server processes take one
-at a time. In the transaction:
+it in one transaction. A request that arrives while a batch commits first has
+its DPoP proof checked as far as it can be without the database
+(`api.auth.check_proof_ahead`), in another worker thread: the signature check
+runs without the GIL, on the other core, while the batch before commits, and
+outside the writer turn that server processes take one at a time. In the
+transaction:
 
 - the batch runs in two passes. First every request is authorized and claims
   its Idempotency-Key, if it sent one (`_admit`, in the order of token and
@@ -131,17 +132,25 @@ async def run_grouped(services: Services, request: Request) -> bytes | Replay:
 
 
 async def _check(services: Services, queue: _Queue) -> None:
-    """Check the proofs of the queued requests in a worker thread, then queue them to
-    commit. The check (an Ed25519 verification, which runs without the GIL) then
-    runs on another core while the batch before commits, and outside the
-    database's writer turn, which server processes take one at a time."""
+    """Check the proofs of the queued requests in a worker thread while a batch
+    commits, then queue them to commit. The check (an Ed25519 verification, which
+    runs without the GIL) then runs on another core beside that commit, and
+    outside the database's writer turn, which server processes take one at a
+    time. While nothing commits, the requests go straight to their transaction
+    and are checked there: nothing would run beside the check, and it saves the
+    thread hop."""
 
     def checked(batch: list[Queued], requests: list[Request]) -> None:
         queued = [(request, answer) for request, (_, answer) in zip(requests, batch, strict=True)]
         _wait_for_commit(services, queue, queued)
 
     try:
-        await _serve(queue.unchecked, _check_proofs, checked)
+        while queue.unchecked:
+            if queue.draining is None:
+                _wait_for_commit(services, queue, queue.unchecked[:])
+                queue.unchecked.clear()
+            else:
+                await _serve_one(queue.unchecked, _check_proofs, checked)
     finally:
         queue.checking = None
 
@@ -166,30 +175,29 @@ async def _drain(services: Services, queue: _Queue) -> None:
             _settle(answer, outcome)
 
     try:
-        await _serve(queue.waiting, partial(commit, services), committed)
+        while queue.waiting:
+            await _serve_one(queue.waiting, partial(commit, services), committed)
     finally:
         queue.draining = None
 
 
-async def _serve(
+async def _serve_one(
     pending: list[Queued],
     step: Callable[[list[Request]], list[T]],
     then: Callable[[list[Queued], list[T]], None],
 ) -> None:
-    """Until `pending` is empty, take up to `MAX_BATCH` of its requests, run `step` on
-    them in a worker thread and pass its results to `then` on the event loop."""
-    batch: list[Queued] = []
+    """Take up to `MAX_BATCH` of the `pending` requests, run `step` on them in a
+    worker thread and pass its results to `then` on the event loop."""
+    batch = pending[:MAX_BATCH]
+    del pending[:MAX_BATCH]
     try:
-        while pending:
-            batch = pending[:MAX_BATCH]
-            del pending[:MAX_BATCH]
-            results = await anyio.to_thread.run_sync(step, [request for request, _ in batch])
-            then(batch, results)
+        results = await anyio.to_thread.run_sync(step, [request for request, _ in batch])
     except BaseException:  # cancelled (shutdown): nobody may wait forever
         for _, answer in batch + pending:
             answer.cancel()
         pending.clear()
         raise
+    then(batch, results)
 
 
 def commit(services: Services, batch: list[Request]) -> list[Outcome]:

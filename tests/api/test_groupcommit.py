@@ -20,13 +20,14 @@ import sqlalchemy as sa
 from api_helpers import facility_keys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from api import auth
 from api.auth import Credentials, check_proof_ahead
 from api.groupcommit import Once, Outcome, Request, commit, run_grouped
 from api.schemas import PrintJobOut, RedeemIn
 from inventory.accounts import TokenKind, authenticate
 from inventory.db import forget_shared_reads, shared_read, shared_reads, utcnow
 from inventory.errors import Conflict, Invalid, Unauthorized
-from licensing import licences
+from licensing import facilities, licences
 from licensing.orders import idempotency
 from licensing.orders.idempotency import Replay
 from licensing.tokens import make_proof
@@ -175,14 +176,52 @@ def _grouped(services: Any, requests: list[Request]) -> list[Any]:
     return asyncio.run(run_all())
 
 
-def test_proofs_are_checked_ahead_and_not_again_in_the_transaction(world, monkeypatch):
+def test_proofs_arriving_while_a_batch_commits_are_checked_ahead_once(world, monkeypatch):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=8)
+    checks = {"inline": 0, "ahead": 0}
+
+    def counting(where: str, check: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            checks[where] += 1
+            return check(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(facilities, "check_proof", counting("inline", facilities.check_proof))
+    monkeypatch.setattr(auth, "check_proof", counting("ahead", auth.check_proof))
+    committing, go_on = threading.Event(), threading.Event()
+    first = _then_wait(_redemption(world, licence), committing, go_on)
+    later = [_redemption(world, licence) for _ in range(7)]
+
+    async def redeem_all() -> list[Any]:
+        alone = asyncio.ensure_future(run_grouped(services, first))
+        while not committing.is_set():  # the first batch holds its transaction open
+            await asyncio.sleep(0.005)
+        queued = [asyncio.ensure_future(run_grouped(services, r)) for r in later]
+        while checks["ahead"] < len(later):  # checked while the first batch commits
+            await asyncio.sleep(0.005)
+        go_on.set()
+        return await asyncio.gather(alone, *queued)
+
+    with _counting(services.engine) as counts:
+        outcomes = asyncio.run(asyncio.wait_for(redeem_all(), timeout=30))
+    assert all(isinstance(o, bytes) for o in outcomes), outcomes
+    # nothing committed when the first came: checked in its transaction; the
+    # others were checked beside that commit, and not again in theirs
+    assert checks == {"inline": 1, "ahead": 7}
+    assert counts["head_updates"] == 2
+    assert _state(world, licence["jti"]) == (8, 8, 8)
+
+
+def test_requests_arriving_together_are_checked_in_their_transaction(world, monkeypatch):
     services = world.api.client.app.state.services
     licence = world.licence(prints=4)
 
-    def checked_again(*_: Any, **__: Any) -> None:
-        raise AssertionError("a proof checked ahead was checked again in the transaction")
+    def not_ahead(*_: Any, **__: Any) -> None:
+        raise AssertionError("checked in a thread hop with nothing committing beside it")
 
-    monkeypatch.setattr("licensing.facilities.check_proof", checked_again)
+    monkeypatch.setattr(auth, "check_proof", not_ahead)
     outcomes = _grouped(services, [_redemption(world, licence) for _ in range(4)])
     assert all(isinstance(o, bytes) for o in outcomes), outcomes
     assert _state(world, licence["jti"]) == (4, 4, 4)
