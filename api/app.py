@@ -11,6 +11,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from api.auth import DEPENDENCIES
 from api.config import Settings
 from api.dispatch import DispatcherTask
+from api.housekeeping import HousekeepingTask
 from api.logs import configure_logging, request_id_middleware
 from api.problems import EXCEPTION_HANDLERS
 from api.routes import (
@@ -72,8 +73,8 @@ def build_app(*, max_json_bytes: int) -> Litestar:
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
-        on_startup=[_load_mesh_stack, _start_dispatcher],
-        on_shutdown=[_stop_dispatcher, _close_services],
+        on_startup=[_load_mesh_stack, _start_dispatcher, _start_housekeeping],
+        on_shutdown=[_stop_housekeeping, _stop_dispatcher, _close_services],
         debug=False,
         logging_config=None,
     )
@@ -96,6 +97,15 @@ async def _start_dispatcher(app: Litestar) -> None:
 
 async def _stop_dispatcher(app: Litestar) -> None:
     await app.state.dispatcher.stop(app)
+
+
+async def _start_housekeeping(app: Litestar) -> None:
+    app.state.housekeeping = HousekeepingTask(app.state.services)
+    await app.state.housekeeping.start(app)
+
+
+async def _stop_housekeeping(app: Litestar) -> None:
+    await app.state.housekeeping.stop(app)
 
 
 def _close_services(app: Litestar) -> None:

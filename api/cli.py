@@ -431,6 +431,26 @@ def storage_reconcile(grace: int, dry_run: bool) -> None:
 
 
 @main.group()
+def database() -> None:
+    """Database maintenance (run on the server host)."""
+
+
+@database.command("prune")
+def database_prune() -> None:
+    """Delete expired proof identifiers and Idempotency-Keys now (the server also
+    does every PARTVAULT_PRUNE_INTERVAL seconds)."""
+    from api.housekeeping import prune
+
+    services = _local_services()
+    try:
+        pruned = prune(services)
+    finally:
+        services.close()
+    for table, count in pruned.items():
+        click.echo(f"{table}: {count} expired rows deleted")
+
+
+@main.group()
 def parts() -> None:
     """Parts (client commands; PARTVAULT_URL and PARTVAULT_TOKEN select server and brand)."""
 

@@ -88,6 +88,11 @@ SETTINGS: dict[str, Setting] = {
     "webhook_poll_interval": Setting(
         "PARTVAULT_WEBHOOK_POLL_INTERVAL", "seconds between idle outbox polls", lambda d: "1"
     ),
+    "prune_interval": Setting(
+        "PARTVAULT_PRUNE_INTERVAL",
+        "seconds between deletions of expired proof identifiers and Idempotency-Keys (0: never)",
+        lambda d: "300",
+    ),
 }
 
 INT_SETTINGS = {
@@ -100,7 +105,7 @@ INT_SETTINGS = {
     "max_downloads",
 }
 BOOL_SETTINGS = {"webhook_dispatcher", "webhook_allow_http"}
-FLOAT_SETTINGS = {"webhook_timeout", "webhook_poll_interval"}
+FLOAT_SETTINGS = {"webhook_timeout", "webhook_poll_interval", "prune_interval"}
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
 
@@ -126,6 +131,7 @@ class Settings:
     webhook_retry_delays: tuple[float, ...]
     webhook_timeout: float
     webhook_poll_interval: float
+    prune_interval: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -8,13 +8,12 @@ behind by a clean stop.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import timedelta
 
 import httpx
 from litestar import Litestar
 
+from api.background import BackgroundTask
 from api.services import Services
 from licensing.orders.dispatcher import Dispatcher, RetrySchedule
 from licensing.orders.egress import public_only_client
@@ -43,30 +42,24 @@ def webhook_client(allow_internal: bool) -> httpx.Client:
     return httpx.Client(headers=headers) if allow_internal else public_only_client(headers=headers)
 
 
-class DispatcherTask:
+class DispatcherTask(BackgroundTask):
     """Starts `Dispatcher.run_forever` on startup and stops it on shutdown."""
 
     def __init__(self, services: Services) -> None:
+        super().__init__()
         self.services = services
-        self.stop_event = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
         self.http: httpx.Client | None = None
 
     async def start(self, app: Litestar) -> None:
         if not self.services.settings.webhook_dispatcher:
             return
-        self.stop_event = asyncio.Event()
         self.http = webhook_client(self.services.settings.webhook_allow_http)
         dispatcher = make_dispatcher(self.services, self.http)
         interval = self.services.settings.webhook_poll_interval
-        self.task = asyncio.create_task(dispatcher.run_forever(self.stop_event, interval))
+        self.launch(lambda stop: dispatcher.run_forever(stop, interval))
 
     async def stop(self, app: Litestar) -> None:
-        if self.task is None:
-            return
-        self.stop_event.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        self.task = None
+        await super().stop(app)
         if self.http is not None:
             self.http.close()
+            self.http = None

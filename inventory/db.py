@@ -208,6 +208,25 @@ def insert_if_absent(
 
 
 @lru_cache(maxsize=32)
+def delete_where(
+    session: Session,
+    key: sa.Column[Any],
+    condition: sa.ColumnElement[bool],
+    limit: int | None = None,
+) -> int:
+    """Delete the rows of `key`'s table matching `condition`, at most `limit` of
+    them (chosen by the database); how many were deleted. A limit keeps a large
+    backlog from holding SQLite's writer lock, or many row locks, for long."""
+    table = key.table
+    if limit is None:
+        statement = sa.delete(table).where(condition)
+    else:
+        chosen = sa.select(key).where(condition).limit(limit)
+        statement = sa.delete(table).where(key.in_(chosen.scalar_subquery()))
+    result = session.execute(statement)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def _insert_ignoring(dialect: str, table: sa.Table, key: str) -> Prepared:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return Prepared(insert(table).on_conflict_do_nothing().returning(table.c[key]))

@@ -46,7 +46,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, Session, SQLModel, select
 
-from inventory.db import Prepared, UTCDateTime, insert_if_absent, new_id, utcnow
+from inventory.db import (
+    Prepared,
+    UTCDateTime,
+    delete_where,
+    insert_if_absent,
+    new_id,
+    utcnow,
+)
 from inventory.errors import BadRequest, Conflict, Invalid
 
 KEY_TTL = timedelta(hours=24)
@@ -176,6 +183,15 @@ def _outcome_for(
     )
 
 
+def prune_expired(session: Session, now: datetime, limit: int | None = None) -> int:
+    """Delete the records whose keys expired by `now` (at most `limit`); how many.
+
+    An expired key is free again anyway (`begin` deletes it when the key comes
+    back); this removes the ones that never come back.
+    """
+    return delete_where(session, RECORDS.c.id, RECORDS.c.expires_at <= now, limit)
+
+
 def _try_insert(session: Session, record: dict[str, Any]) -> bool:
     """Claim: ``INSERT … ON CONFLICT DO NOTHING``, so a taken key fails no statement.
 
@@ -239,10 +255,3 @@ def abandon(session: Session, record_id: str) -> None:
     table = RECORDS
     session.execute(sa.delete(table).where(table.c.id == record_id, table.c.status == IN_PROGRESS))
     session.flush()
-
-
-def purge_expired(session: Session, *, now: datetime | None = None) -> int:
-    """Delete expired records; returns how many were removed."""
-    table = RECORDS
-    result = session.execute(sa.delete(table).where(table.c.expires_at <= (now or utcnow())))
-    return int(getattr(result, "rowcount", 0))

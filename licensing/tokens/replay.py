@@ -8,8 +8,9 @@ replay. No statement fails, so the caller's transaction stays usable (this
 replaces a SAVEPOINT, which pysqlite silently turns into a COMMIT when it is
 the first statement of a transaction). A concurrent, uncommitted insert of the
 same key makes the second insert wait for the first transaction's outcome.
-Expired rows are removed by `prune_replay_cache`. Both functions execute in
-the caller's transaction; the caller commits.
+Expired rows are removed by `prune_replay_cache`, which the server runs in the
+background (`api.housekeeping`). Both functions execute in the caller's
+transaction; the caller commits.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import hashlib
 from datetime import datetime
 from typing import Protocol
 
-import sqlalchemy as sa
-from sqlmodel import Field, Session, SQLModel, col
+from sqlmodel import Field, Session, SQLModel
 
-from inventory.db import UTCDateTime, insert_if_absent
+from inventory.db import UTCDateTime, delete_where, insert_if_absent
 from inventory.errors import Unauthorized
 
 
@@ -54,11 +54,10 @@ def remember(session: Session, jti: str, expires: datetime) -> None:
         raise Unauthorized("proof of possession already used", code="dpop-replayed")
 
 
-def prune_replay_cache(session: Session, now: datetime) -> int:
-    """Delete entries whose proofs are stale at `now`; return how many."""
-    statement = sa.delete(DpopReplay).where(col(DpopReplay.expires_at) < now)
-    result = session.execute(statement)
-    return int(getattr(result, "rowcount", 0) or 0)
+def prune_replay_cache(session: Session, now: datetime, limit: int | None = None) -> int:
+    """Delete entries whose proofs are stale at `now` (at most `limit`); how many."""
+    table = DpopReplay.__table__  # type: ignore[attr-defined]
+    return delete_where(session, table.c.digest, table.c.expires_at < now, limit)
 
 
 class DbReplayGuard:

@@ -6,9 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from sqlmodel import Session
+
+from inventory.db import utcnow
+from licensing.orders import idempotency
+from licensing.tokens.replay import remember
 
 
 def _cli(settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -101,3 +107,19 @@ def test_reconcile_removes_old_orphans_and_flags_missing(world):
     services.store.delete(_scalar(settings, "SELECT object_key FROM revision"))
     missing = _cli(settings, "storage", "reconcile", check=False)
     assert missing.returncode == 2 and world.revision["id"] in missing.stderr
+
+
+def test_database_prune_deletes_expired_rows(api):
+    engine = api.client.app.state.services.engine
+    now = utcnow()
+    with Session(engine) as session:
+        remember(session, "jkt\x00stale-proof", now - timedelta(seconds=1))
+        remember(session, "jkt\x00live-proof", now + timedelta(seconds=60))
+        stale = idempotency.begin(session, "tok_1", "old-key", "fp", now=now - timedelta(hours=25))
+        assert isinstance(stale, idempotency.Started)
+        session.commit()
+    out = _cli(api.settings, "database", "prune").stdout
+    assert "dpop_replay: 1 expired rows deleted" in out
+    assert "idempotency_record: 1 expired rows deleted" in out
+    assert _scalar(api.settings, "SELECT count(*) FROM dpop_replay") == 1
+    assert _scalar(api.settings, "SELECT count(*) FROM idempotency_record") == 0

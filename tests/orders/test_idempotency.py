@@ -19,7 +19,7 @@ from licensing.orders.idempotency import (
     begin,
     fingerprint,
     finish,
-    purge_expired,
+    prune_expired,
     require_key,
 )
 
@@ -110,16 +110,30 @@ def test_stale_in_progress_record_is_taken_over(engine: Engine) -> None:
         claim(engine, "k1", now=later + timedelta(seconds=1))
 
 
-def test_expired_record_is_forgotten_and_purged(engine: Engine) -> None:
+def test_expired_record_is_forgotten_and_pruned(engine: Engine) -> None:
     complete(engine, claim(engine, "k1"), 201, b"old")
     after_ttl = utcnow() + timedelta(hours=24, seconds=1)
     fresh = claim(engine, "k1", now=after_ttl)
     assert isinstance(fresh, Started)
     complete(engine, claim(engine, "k2"), 201, b"x")
     with Session(engine) as s:
-        assert purge_expired(s, now=after_ttl + timedelta(hours=24, seconds=1)) == 2
+        assert prune_expired(s, after_ttl) == 1  # k2 expired; k1 was claimed afresh
+        s.commit()
+        assert [r.key for r in s.exec(select(IdempotencyRecord))] == ["k1"]
+        assert prune_expired(s, after_ttl + timedelta(hours=24, seconds=1)) == 1
         s.commit()
         assert list(s.exec(select(IdempotencyRecord))) == []
+
+
+def test_prune_deletes_at_most_its_limit(engine: Engine) -> None:
+    for key in ("a", "b", "c"):
+        complete(engine, claim(engine, key), 201, b"x")
+    later = utcnow() + timedelta(hours=25)
+    with Session(engine) as s:
+        assert prune_expired(s, later, limit=2) == 2
+        assert prune_expired(s, later, limit=2) == 1
+        assert prune_expired(s, later, limit=2) == 0
+        s.commit()
 
 
 def test_concurrent_begins_with_one_key_admit_exactly_one(engine: Engine) -> None:

@@ -114,6 +114,18 @@ def test_prune_removes_only_expired_entries(engine: Engine, tools: SimpleNamespa
         tools.expect(lambda: remember(session, "new", tools.NOW), 401, "dpop-replayed")
 
 
+def test_prune_deletes_at_most_its_limit(engine: Engine, tools: SimpleNamespace) -> None:
+    with Session(engine) as session:
+        for jti in ("a", "b", "c"):
+            remember(session, jti, tools.NOW - timedelta(seconds=1))
+        remember(session, "fresh", tools.NOW + timedelta(seconds=30))
+        assert prune_replay_cache(session, tools.NOW, limit=2) == 2
+        assert prune_replay_cache(session, tools.NOW, limit=2) == 1
+        assert prune_replay_cache(session, tools.NOW, limit=2) == 0
+        session.commit()
+        assert len(session.exec(select(DpopReplay)).all()) == 1
+
+
 def test_stored_digest_hides_the_jti(engine: Engine, tools: SimpleNamespace) -> None:
     with Session(engine) as session:
         remember(session, "jkt\x00my-proof-id-1234567", tools.NOW)
