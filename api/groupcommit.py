@@ -55,7 +55,7 @@ from sqlmodel import Session
 from api.auth import Credentials, authorize, check_proof_ahead
 from api.problems import problem_body
 from api.services import Services
-from inventory.accounts import Principal, TokenKind
+from inventory.accounts import Principal, TokenKind, hash_token
 from inventory.db import forget_shared_reads, is_deadlock, shared_reads
 from inventory.errors import PartvaultError
 from licensing.audit import AuditEvent, queued_appends
@@ -275,10 +275,11 @@ def _rounds(batch: list[Request]) -> list[list[int]]:
 
 
 def _claim_order(request: Request) -> tuple[str, str]:
-    """The order of the first pass: by token, then Idempotency-Key. The rows it may
+    """The order of the first pass: by token (its stored hash: tokens themselves are
+    never compared but in constant time), then Idempotency-Key. The rows it may
     lock (a token's last-use stamp, a key's claim) are then taken in one order by
     the batches of every process."""
-    return request.credentials.token, request.once.key if request.once else ""
+    return hash_token(request.credentials.token), request.once.key if request.once else ""
 
 
 def _lock_order(request: Request) -> str:
