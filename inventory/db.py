@@ -207,7 +207,6 @@ def insert_if_absent(
     return bool(statement.rows(session, row))
 
 
-@lru_cache(maxsize=32)
 def delete_where(
     session: Session,
     key: sa.Column[Any],
@@ -227,6 +226,7 @@ def delete_where(
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+@lru_cache(maxsize=32)
 def _insert_ignoring(dialect: str, table: sa.Table, key: str) -> Prepared:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return Prepared(insert(table).on_conflict_do_nothing().returning(table.c[key]))

@@ -128,3 +128,19 @@ def test_a_lost_deadlock_is_recognised_on_postgresql() -> None:
     engine.dispose()
     drop_pg_database(db_url)
     assert len(failures) == 1 and is_deadlock(failures[0])
+
+
+def test_insert_if_absent_compiles_once_per_table(session: Session, monkeypatch) -> None:
+    """Once per table and engine, not per call: it runs once per redemption."""
+    compiled: list[Any] = []
+    compile_once = Prepared._compile
+
+    def counting(self: Prepared, dialect: Any) -> Any:
+        compiled.append(dialect)
+        return compile_once(self, dialect)
+
+    monkeypatch.setattr(Prepared, "_compile", counting)
+    for n in range(3):
+        row = {"digest": f"{n:064x}", "expires_at": AT}
+        assert insert_if_absent(session, DpopReplay, row, "digest")
+    assert len(compiled) == 1
