@@ -13,11 +13,11 @@ outside the writer turn that server processes take one at a time. In the
 transaction:
 
 - the batch runs in two passes. First every request is authorized and claims
-  its Idempotency-Key, if it sent one (`_admit`, in the order of token and
-  key). Then every admitted request works (`_work`, in the order of its URI,
-  which names the licence a redemption locks). So batches of several
-  processes take keys, then licence rows, each in one order, and never
-  deadlock on them;
+  its Idempotency-Key, if it sent one (`_admit`, in the order of the token's
+  hash and the key). Then every admitted request works (`_work`, in the order
+  of its URI, which names the licence a redemption locks). So batches of
+  several processes take keys, then licence rows, each in one order, and
+  never deadlock on them;
 - a request works under its own SAVEPOINT: a refused request (any
   `PartvaultError`) rolls back to it and answers alone, the others commit. Its
   DPoP proof stays spent: the replay cache row was written in the first pass,
