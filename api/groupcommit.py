@@ -266,8 +266,8 @@ def _rounds(batch: list[Request]) -> list[list[int]]:
     for index, request in enumerate(batch):
         round_ = 0
         if request.once is not None:
-            sent = (request.credentials.token, request.once.key)
-            round_, seen[sent] = seen[sent], seen[sent] + 1
+            claim = _claim_order(request)
+            round_, seen[claim] = seen[claim], seen[claim] + 1
         if round_ == len(rounds):
             rounds.append([])
         rounds[round_].append(index)

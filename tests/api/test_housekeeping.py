@@ -54,21 +54,31 @@ def _with_interval(services: Any, seconds: float) -> Any:
     return dataclasses.replace(services, settings=settings)
 
 
+def _run_until(api: Any, left: dict[str, int], failure: str) -> HousekeepingTask:
+    """Run housekeeping every 50 ms until the tables hold `left` rows, then stop it."""
+    services = api.client.app.state.services
+
+    async def run() -> HousekeepingTask:
+        task = HousekeepingTask(_with_interval(services, 0.05))
+        await task.start(api.client.app)
+        deadline = time.monotonic() + 20
+        while _counts(services) != left:
+            assert time.monotonic() < deadline, failure
+            await asyncio.sleep(0.05)
+        await task.stop(api.client.app)
+        return task
+
+    return asyncio.run(run())
+
+
 def test_each_server_process_prunes_in_the_background(api):
     services = api.client.app.state.services
     _fill(services, expired=3, fresh=1)
 
-    async def run() -> None:
-        task = HousekeepingTask(_with_interval(services, 0.05))
-        await task.start(api.client.app)
-        deadline = time.monotonic() + 20
-        while _counts(services) != {"dpop_replay": 1, "idempotency_record": 1}:
-            assert time.monotonic() < deadline, "expired rows were never pruned"
-            await asyncio.sleep(0.05)
-        await task.stop(api.client.app)
-        assert task.task is None
-
-    asyncio.run(run())
+    task = _run_until(
+        api, {"dpop_replay": 1, "idempotency_record": 1}, "expired rows were never pruned"
+    )
+    assert task.task is None
 
 
 def test_an_interval_of_zero_turns_housekeeping_off(api):
@@ -100,17 +110,9 @@ def test_a_failed_pass_is_logged_and_the_next_one_prunes(api, monkeypatch):
     logger.addHandler(handler)
     monkeypatch.setattr(housekeeping, "prune", database_away_once)
 
-    async def run() -> None:
-        task = HousekeepingTask(_with_interval(services, 0.05))
-        await task.start(api.client.app)
-        deadline = time.monotonic() + 20
-        while _counts(services) != {"dpop_replay": 0, "idempotency_record": 0}:
-            assert time.monotonic() < deadline, "the pass after the failure never pruned"
-            await asyncio.sleep(0.05)
-        await task.stop(api.client.app)
-
     try:
-        asyncio.run(run())
+        left = {"dpop_replay": 0, "idempotency_record": 0}
+        _run_until(api, left, "the pass after the failure never pruned")
     finally:
         logger.removeHandler(handler)
     failed = [r for r in warnings if r.getMessage() == "housekeeping pass failed"]
