@@ -89,29 +89,34 @@ def encode_compact(
 
 def read_header(token: object, kind: Kind) -> dict[str, Any]:
     """Parse and vet the protected header before any key is looked at."""
-    header = _parse_header(token, kind)
+    return vet_header(header_segment(token, kind), kind)
+
+
+def header_segment(token: object, kind: Kind) -> str:
+    """The first segment of a compact token: text of three segments, not too long."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+        raise kind.fail("malformed", "missing, not text, or too long")
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise kind.fail("malformed", "not a compact JWS")
+    return segments[0]
+
+
+def vet_header(segment: str, kind: Kind) -> dict[str, Any]:
+    """The header in `segment`: base64url JSON, ``alg`` EdDSA, this kind's ``typ``
+    and no ``crit``."""
+    try:
+        header = json.loads(b64url_decode(segment), object_pairs_hook=_unique_keys)
+    except ValueError as exc:
+        raise kind.fail("malformed", "header is not base64url JSON") from exc
+    if not isinstance(header, dict):
+        raise kind.fail("malformed", "header is not a JSON object")
     if header.get("alg") != ALG:
         raise kind.fail("alg-not-allowed", f"only {ALG} is accepted")
     if header.get("typ") != kind.typ:
         raise kind.fail("typ-invalid", f"typ must be {kind.typ}")
     if "crit" in header:
         raise kind.fail("crit-unsupported", "no critical header extension is understood")
-    return header
-
-
-def _parse_header(token: object, kind: Kind) -> dict[str, Any]:
-    """The JSON object in the first segment of a three-segment compact token."""
-    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
-        raise kind.fail("malformed", "missing, not text, or too long")
-    segments = token.split(".")
-    if len(segments) != 3:
-        raise kind.fail("malformed", "not a compact JWS")
-    try:
-        header = json.loads(b64url_decode(segments[0]), object_pairs_hook=_unique_keys)
-    except ValueError as exc:
-        raise kind.fail("malformed", "header is not base64url JSON") from exc
-    if not isinstance(header, dict):
-        raise kind.fail("malformed", "header is not a JSON object")
     return header
 
 

@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import SplitResult, urlsplit
 
 import msgspec
@@ -34,9 +34,10 @@ from licensing.tokens._jose import (
     decode_claims,
     encode_compact,
     from_timestamp,
-    read_header,
+    header_segment,
     timestamp,
     verify_signature,
+    vet_header,
 )
 from licensing.tokens.replay import ReplayGuard
 from licensing.tokens.thumbprint import ed25519_from_jwk, jwk_thumbprint, public_jwk
@@ -138,8 +139,7 @@ def check_proof(
     on another thread, before the request takes its turn to write.
     """
     try:
-        header = read_header(proof, DPOP)
-        key, jkt = _proof_key(header.get("jwk"))
+        key, jkt = _header_key(header_segment(proof, DPOP))
     except Unauthorized as exc:
         return CheckedProof(proof, jkt="", jti="", expires=now, early=exc)
     try:
@@ -163,8 +163,15 @@ def finish_proof(checked: CheckedProof, *, expected_jkt: str, replay_guard: Repl
     replay_guard.remember(f"{expected_jkt}\x00{checked.jti}", checked.expires)
 
 
-def _proof_key(jwk: Any) -> tuple[Ed25519PublicKey, str]:
-    """The public key in the header and its thumbprint."""
+@lru_cache(maxsize=256)
+def _header_key(segment: str) -> tuple[Ed25519PublicKey, str]:
+    """The public key in a proof's header segment, and its thumbprint.
+
+    Remembered by the segment's text (a refusal is not): a bureau signs every
+    proof with the same header, and parsing it and loading its key took as much
+    of the GIL as the rest of the proof's check.
+    """
+    jwk = vet_header(segment, DPOP).get("jwk")
     if not isinstance(jwk, dict):
         raise DPOP.fail("jwk-invalid", "header must carry the public jwk")
     try:

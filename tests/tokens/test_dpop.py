@@ -341,3 +341,18 @@ def test_missing_or_mistyped_claims_are_refused(
 @pytest.mark.parametrize("token", ["", "a.b", None, json.dumps({"alg": "EdDSA"})])
 def test_malformed_proofs_are_refused(check: Any, tools: SimpleNamespace, token: Any) -> None:
     tools.expect(lambda: check(token), 401, "dpop-malformed")
+
+
+def test_a_header_seen_before_still_needs_its_signature(
+    proof: str, check: Any, attacker_key: Ed25519PrivateKey, tools: SimpleNamespace
+) -> None:
+    """The header's key is remembered per header text; every proof's signature is not."""
+    check(proof)  # the facility's header, now remembered
+    head = proof.split(".")[0]
+    body = tools.b64(
+        json.dumps({**tools.split(proof)[1], "jti": "a-fresh-jti-of-the-attacker"}).encode()
+    )
+    signature = tools.b64(attacker_key.sign(f"{head}.{body}".encode()))
+    copied = f"{head}.{body}.{signature}"
+    tools.expect(lambda: check(copied), 401, "dpop-signature-invalid")
+    check(proof, replay_guard=MemoryGuard())  # and the remembered header still verifies
