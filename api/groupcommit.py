@@ -18,10 +18,14 @@ transaction:
   of its URI, which names the licence a redemption locks). So batches of
   several processes take keys, then licence rows, each in one order, and
   never deadlock on them;
-- a request works under its own SAVEPOINT: a refused request (any
-  `PartvaultError`) rolls back to it and answers alone, the others commit. Its
-  DPoP proof stays spent: the replay cache row was written in the first pass,
-  which needs no savepoint (all it writes before a refusal is kept anyway);
+- plain work runs under a SAVEPOINT of its own: a refused request (any
+  `PartvaultError`) rolls back to it and answers alone, the others commit.
+  `Deferred` work (redemption) is checked per request, reading only, and then
+  applied once for all the batch's checked requests (one count per licence,
+  one insert for the print jobs), without savepoints. Either way a refused
+  request's DPoP proof stays spent: the replay cache row was written in the
+  first pass, which needs no savepoint (all it writes before a refusal is
+  kept anyway);
 - reads of rows the requests never change are made once per transaction
   (`shared_reads`) and forgotten whenever a request rolls back;
 - the audit events of the requests that succeed are appended as one batch
@@ -45,7 +49,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from weakref import WeakKeyDictionary
 
 import anyio
@@ -68,6 +72,29 @@ MAX_BATCH = 64
 DEADLOCK_RETRIES = 3
 Work = Callable[[Session, Principal], Any]
 T = TypeVar("T")
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class Deferred(Generic[C]):
+    """Work in two steps, so that a batch writes once for all its requests.
+
+    `check` runs for each request and only reads: it refuses (raises) before
+    anything is written, so it needs no savepoint. `apply` then runs once for
+    the checked requests of a batch that share it, and gives each its result
+    or its refusal (a `PartvaultError`, returned, not raised), in order; it must
+    not raise but for a fault, which fails the batch. Called as plain work, it
+    is both steps for one request.
+    """
+
+    check: Callable[[Session, Principal], C]
+    apply: Callable[[Session, list[C]], list[Any]]
+
+    def __call__(self, session: Session, principal: Principal) -> Any:
+        outcome = self.apply(session, [self.check(session, principal)])[0]
+        if isinstance(outcome, PartvaultError):
+            raise outcome
+        return outcome
 
 
 @dataclass(frozen=True)
@@ -234,7 +261,7 @@ class _Admitted:
 
 def _commit_together(services: Services, batch: list[Request]) -> list[Outcome]:
     """The batch in one transaction, in two passes: every request is admitted
-    (`_admit`) in `_claim_order`, then the admitted ones work (`_work`) in
+    (`_admit`) in `_claim_order`, then the admitted ones work (`_work_all`) in
     `_lock_order`. No request takes a licence row before every key of the batch
     is claimed, so a batch never holds a licence row while it waits for a key.
     A request repeating the Idempotency-Key of an earlier one in the batch (a
@@ -254,9 +281,31 @@ def _commit_together(services: Services, batch: list[Request]) -> list[Outcome]:
                     admitted[index] = admission
                 else:
                     outcomes[index] = admission
-            for index in sorted(admitted, key=lambda i: (_lock_order(batch[i]), i)):
-                outcomes[index] = _work(session, events, batch[index], admitted[index])
+            outcomes |= _work_all(session, events, batch, admitted)
     return [outcomes[index] for index in range(len(batch))]
+
+
+def _work_all(
+    session: Session, events: list[AuditEvent], batch: list[Request], admitted: dict[int, _Admitted]
+) -> dict[int, bytes | PartvaultError]:
+    """The second pass, in `_lock_order`: plain work under a savepoint each
+    (`_work`); `Deferred` work checked (`_check_first`), then applied once for
+    all the checked requests that share its `apply`, after the plain work."""
+    outcomes: dict[int, bytes | PartvaultError] = {}
+    checked: dict[Callable[..., list[Any]], dict[int, Any]] = {}
+    for index in sorted(admitted, key=lambda i: (_lock_order(batch[i]), i)):
+        request, admission = batch[index], admitted[index]
+        if not isinstance(request.work, Deferred):
+            outcomes[index] = _work(session, events, request, admission)
+        elif isinstance(check := _check_first(session, request, admission), Checked):
+            checked.setdefault(request.work.apply, {})[index] = check.value
+        else:
+            outcomes[index] = check
+    for apply, values in checked.items():
+        results = apply(session, list(values.values()))
+        for index, result in zip(values, results, strict=True):
+            outcomes[index] = _answer(session, batch[index], admitted[index], result)
+    return outcomes
 
 
 def _rounds(batch: list[Request]) -> list[list[int]]:
@@ -284,10 +333,12 @@ def _claim_order(request: Request) -> tuple[str, str]:
 
 def _lock_order(request: Request) -> str:
     """The order of the second pass: by request URI, which names the licence a
-    redemption locks (stable: arrival order within one URI). Batches of several
-    processes on PostgreSQL then lock licence rows in one order; in arrival
-    order, two batches redeeming the same two licences in opposite orders
-    deadlock, and the loser waits a second before it is run again."""
+    redemption reads (stable: arrival order within one URI); a redemption's
+    licence row is locked when the batch counts, licence by licence in jti
+    order (`licensing.licences.count_prints`). Batches of several processes on
+    PostgreSQL then lock licence rows in one order; in arrival order, two
+    batches redeeming the same two licences in opposite orders deadlock, and
+    the loser waits a second before it is run again."""
     return request.credentials.htu
 
 
@@ -316,23 +367,54 @@ def _admit(session: Session, request: Request) -> _Admitted | Replay | Partvault
 def _work(
     session: Session, events: list[AuditEvent], request: Request, admitted: _Admitted
 ) -> bytes | PartvaultError:
-    """The second pass: the work under a savepoint of its own; its JSON body, or the
-    error that refused it. A refusal rolls back the work alone. For a claimed key
-    a refusal (a client error) is stored and replayed like a success, so a
-    concurrent retry never finds the key free in between; a server error raises,
-    failing the batch and releasing the key with the rest."""
+    """The second pass for plain work: under a savepoint of its own; its JSON body,
+    or the error that refused it. A refusal rolls back the work alone."""
     queued = len(events)
     savepoint = session.begin_nested()
     try:
-        body = msgspec.json.encode(request.work(session, admitted.principal))
+        result = request.work(session, admitted.principal)
         savepoint.commit()
     except PartvaultError as exc:
         savepoint.rollback()
         del events[queued:]
         forget_shared_reads(session)
+        result = exc
+    return _answer(session, request, admitted, result)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What a `Deferred` work's check gave, for its apply."""
+
+    value: Any
+
+
+def _check_first(
+    session: Session, request: Request, admitted: _Admitted
+) -> Checked | PartvaultError:
+    """The second pass for `Deferred` work: its check (reads only: no savepoint), or
+    the error that refused it."""
+    assert isinstance(request.work, Deferred)
+    try:
+        return Checked(request.work.check(session, admitted.principal))
+    except PartvaultError as exc:
+        result = _answer(session, request, admitted, exc)
+        assert isinstance(result, PartvaultError)
+        return result
+
+
+def _answer(
+    session: Session, request: Request, admitted: _Admitted, result: Any
+) -> bytes | PartvaultError:
+    """The request's JSON body, or the error that refused it. For a claimed key a
+    refusal (a client error) is stored and replayed like a success, so a
+    concurrent retry never finds the key free in between; a server error raises,
+    failing the batch and releasing the key with the rest."""
+    if isinstance(result, PartvaultError):
         if admitted.record_id is not None:
-            _store_refusal(session, request, admitted.record_id, exc)
-        return exc
+            _store_refusal(session, request, admitted.record_id, result)
+        return result
+    body = msgspec.json.encode(result)
     if admitted.record_id is not None:
         assert request.once is not None
         idempotency.finish(session, admitted.record_id, request.once.status_code, body)

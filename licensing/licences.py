@@ -1,15 +1,17 @@
 """Licences, their redemption print by print, print jobs and print reports.
 
 Counting is exactly-once across any number of API processes: the count is a
-single conditional UPDATE (``prints_used < prints_total``), so the database,
-not the application, decides which of many concurrent redemptions wins; the
-print job and its audit leaf commit in the same transaction.
+conditional UPDATE (``prints_used + k <= prints_total``, for the k redemptions
+of one licence a transaction counts together), so the database, not the
+application, decides which of many concurrent redemptions win; the print jobs
+and their audit leaves commit in the same transaction.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -20,7 +22,7 @@ from sqlmodel import JSON, Field, Session, SQLModel, select
 from inventory import catalog
 from inventory.accounts import Principal, reprint_allowance
 from inventory.catalog import PartStatus
-from inventory.db import Prepared, UTCDateTime, insert_if_absent, new_id, shared_read, utcnow
+from inventory.db import Prepared, UTCDateTime, insert_all_absent, new_id, shared_read, utcnow
 from inventory.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
 from licensing.audit import log_event
 from licensing.facilities import require_approved, require_certification
@@ -320,20 +322,30 @@ def revoked_licences(session: Session) -> list[Licence]:
     return list(session.exec(query.order_by(sa.column("revoked_at"))))
 
 
-def redeem(
+@dataclass(frozen=True, slots=True)
+class CheckedRedemption:
+    """A redemption that passed every check and waits for its count (`count_prints`):
+    the licence's row as read, and the moment it was checked."""
+
+    licence: Any
+    now: datetime
+
+
+def check_redemption(
     session: Session,
     principal: Principal,
     jti: str,
     token: str,
     *,
     context: TokenContext,
-) -> NewJob:
-    """Count one print of a licence and create its print job, or refuse.
+) -> CheckedRedemption:
+    """Every check of a redemption, or its refusal; reads only, writes nothing.
 
     The facility's proof of possession was verified against its registered
-    key before this runs; here the licence must be bound to that same key.
-    Every statement is a prepared Core statement and the licence stays a row:
-    this runs once per print. Every refusal comes before the first write.
+    key before this runs; here the licence must be bound to that same key, be
+    neither revoked nor expired, and its facility still certified. Whether a
+    print remains is the count's to decide (`count_prints`). Reads that every
+    redemption of a batch repeats go through `shared_read`.
     """
     now = utcnow()
     claims = shared_read(
@@ -349,21 +361,62 @@ def redeem(
     )
     licence = _licence_for_claims(session, principal, jti, claims)
     _check_usable(session, licence, now)
-    counted = _COUNT_PRINT.rows(session, {"licence_jti": jti})
-    if not counted:
-        raise Conflict("every print of this licence has been redeemed", code="licence-exhausted")
-    prints_used = int(counted[0][0])
-    job = _new_job(session, licence, now, prints_used)
-    _audit(
-        session,
-        "licensing:print:redeemed",
-        f"facility:{licence.facility_id}",
-        licence,
-        serial=format_serial(job.serial),
-        prints_used=prints_used,
-        **_royalty(licence),
-    )
-    return job
+    return CheckedRedemption(licence, now)
+
+
+def count_prints(session: Session, checked: Sequence[CheckedRedemption]) -> list[NewJob | Conflict]:
+    """Count one print for each checked redemption and create its print job and
+    audit event, or refuse it (409) when its licence has no print left.
+
+    The redemptions of one licence are counted by one conditional UPDATE for all
+    of them; if fewer prints remain, one by one, in order, as long as the
+    database grants them. Licences are counted in the order of their jti, so
+    concurrent transactions lock licence rows in one order. Every statement is
+    a prepared Core statement and the licence stays a row: this runs for every
+    print.
+    """
+    outcomes: list[NewJob | Conflict] = [_EXHAUSTED] * len(checked)
+    by_licence: dict[str, list[int]] = {}
+    for index, redemption in enumerate(checked):
+        by_licence.setdefault(redemption.licence.jti, []).append(index)
+    counted: list[tuple[CheckedRedemption, int]] = []
+    order: list[int] = []
+    for jti in sorted(by_licence):
+        indexes = by_licence[jti]
+        granted = _count(session, jti, len(indexes))
+        order += indexes[: len(granted)]
+        counted += [(checked[i], used) for i, used in zip(indexes, granted, strict=False)]
+    for index, job in zip(order, _new_jobs(session, counted), strict=True):
+        outcomes[index] = job
+        _audit(
+            session,
+            "licensing:print:redeemed",
+            f"facility:{job.facility_id}",
+            checked[index].licence,
+            serial=format_serial(job.serial),
+            prints_used=job.prints_used,
+            **_royalty(checked[index].licence),
+        )
+    return outcomes
+
+
+_EXHAUSTED = Conflict("every print of this licence has been redeemed", code="licence-exhausted")
+
+
+def _count(session: Session, jti: str, prints: int) -> list[int]:
+    """Count up to `prints` prints of licence `jti`; the ``prints_used`` of each one
+    counted (fewer than asked, or none, when fewer prints remain)."""
+    rows = _COUNT_PRINTS.rows(session, {"licence_jti": jti, "prints": prints})
+    if rows:
+        used = int(rows[0][0])
+        return list(range(used - prints + 1, used + 1))
+    granted: list[int] = []
+    while prints > 1 and len(granted) < prints:
+        rows = _COUNT_PRINTS.rows(session, {"licence_jti": jti, "prints": 1})
+        if not rows:
+            break
+        granted.append(int(rows[0][0]))
+    return granted
 
 
 def _licence_for_claims(
@@ -399,40 +452,58 @@ def _check_usable(session: Session, licence: Any, now: datetime) -> None:
     )
 
 
-def _new_job(session: Session, licence: Any, now: datetime, prints_used: int) -> NewJob:
-    """A print job under a fresh random 63-bit serial (the watermark payload).
+def _new_jobs(session: Session, counted: list[tuple[CheckedRedemption, int]]) -> list[NewJob]:
+    """A print job for each counted print, under fresh random 63-bit serials (the
+    watermark payload), inserted by one statement.
 
-    ``INSERT … ON CONFLICT DO NOTHING``: a colliding serial (one in 2^63 per
-    job) inserts nothing and the next one is tried; no savepoint needed.
+    ``INSERT … ON CONFLICT DO NOTHING``: a job whose serial collides with an
+    existing one (one in 2^63 per job) is not inserted and gets another serial;
+    no savepoint needed.
     """
-    while True:
-        job = NewJob(
-            serial=secrets.randbits(SERIAL_BITS) or 1,
-            licence_jti=licence.jti,
-            brand_id=licence.brand_id,
-            facility_id=licence.facility_id,
-            part_id=licence.part_id,
-            revision_id=licence.revision_id,
-            created_at=now,
-            order_id=licence.order_id,
-            prints_used=prints_used,
+    jobs = [
+        NewJob(
+            serial=0,
+            licence_jti=redemption.licence.jti,
+            brand_id=redemption.licence.brand_id,
+            facility_id=redemption.licence.facility_id,
+            part_id=redemption.licence.part_id,
+            revision_id=redemption.licence.revision_id,
+            created_at=redemption.now,
+            order_id=redemption.licence.order_id,
+            prints_used=used,
         )
-        if insert_if_absent(session, PrintJob, job.row(), "serial"):
-            return job
+        for redemption, used in counted
+    ]
+    pending = list(range(len(jobs)))
+    while pending:
+        serials = _fresh_serials(len(pending))
+        for index, serial in zip(pending, serials, strict=True):
+            jobs[index] = replace(jobs[index], serial=serial)
+        inserted = insert_all_absent(session, PrintJob, [jobs[i].row() for i in pending], "serial")
+        pending = [i for i in pending if jobs[i].serial not in inserted]
+    return jobs
+
+
+def _fresh_serials(count: int) -> list[int]:
+    """`count` distinct random non-zero serials."""
+    serials: set[int] = set()
+    while len(serials) < count:
+        serials.add(secrets.randbits(SERIAL_BITS) or 1)
+    return list(serials)
 
 
 _licence = Licence.__table__  # type: ignore[attr-defined]
 _INSERT_LICENCE = Prepared(sa.insert(_licence))
 _LICENCE_BY_JTI = sa.select(_licence).where(_licence.c.jti == sa.bindparam("jti"))
-#: The exactly-once count: the database decides which concurrent redemption wins.
-_COUNT_PRINT = Prepared(
+#: The exactly-once count: the database decides which concurrent redemptions win.
+_COUNT_PRINTS = Prepared(
     sa.update(_licence)
     .where(
         _licence.c.jti == sa.bindparam("licence_jti"),
-        _licence.c.prints_used < _licence.c.prints_total,
+        _licence.c.prints_used + sa.bindparam("prints") <= _licence.c.prints_total,
         _licence.c.revoked_at.is_(None),
     )
-    .values(prints_used=_licence.c.prints_used + 1)
+    .values(prints_used=_licence.c.prints_used + sa.bindparam("prints"))
     .returning(_licence.c.prints_used)
 )
 

@@ -8,10 +8,12 @@ from litestar import Response, get, post
 from litestar.params import FromPath, JSONBody
 
 from api.auth import Auth, Creds, Svc
+from api.groupcommit import Deferred
 from api.idempotency import CreatingPost, IdempotencyKey, run_creating
 from api.schemas import LicenceIn, LicenceOut, PrintJobOut, PrintReport, RedeemIn, StatusChange
 from inventory.accounts import Principal, TokenKind
 from inventory.db import utcnow
+from inventory.errors import PartvaultError
 from licensing import licences
 from licensing.licences import JobStatus, LicenceTerms
 from licensing.orders import orders
@@ -93,10 +95,10 @@ async def redeem_licence(
     """Count one print (if any remain) and open its print job; the facility's
     proof of possession is checked with its token, in the same transaction."""
 
-    def work(session: Any, facility: Principal) -> PrintJobOut:
-        job = licences.redeem(session, facility, jti, data.licence, context=services.tokens)
-        orders.on_print_redeemed(session, job)
-        return PrintJobOut.of(job)
+    def check(session: Any, facility: Principal) -> licences.CheckedRedemption:
+        return licences.check_redemption(
+            session, facility, jti, data.licence, context=services.tokens
+        )
 
     post = CreatingPost(
         credentials=credentials,
@@ -104,9 +106,24 @@ async def redeem_licence(
         key=idempotency_key,
         path=f"/v1/licences/{jti}/redeem",
         payload=data,
-        work=work,
+        work=Deferred(check, count_redemptions),
     )
     return await run_creating(services, post)
+
+
+def count_redemptions(
+    session: Any, checked: list[licences.CheckedRedemption]
+) -> list[PrintJobOut | PartvaultError]:
+    """Count the checked redemptions of a batch together; an order whose licence
+    prints for the first time is in production."""
+    outcomes: list[PrintJobOut | PartvaultError] = []
+    for job in licences.count_prints(session, checked):
+        if isinstance(job, PartvaultError):
+            outcomes.append(job)
+        else:
+            orders.on_print_redeemed(session, job)
+            outcomes.append(PrintJobOut.of(job))
+    return outcomes
 
 
 @get("/v1/jobs", sync_to_thread=True, tags=["licences"])

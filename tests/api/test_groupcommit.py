@@ -13,20 +13,24 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import pytest
 import sqlalchemy as sa
 from api_helpers import facility_keys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from api import auth
 from api.auth import Credentials, check_proof_ahead
-from api.groupcommit import Once, Outcome, Request, commit, run_grouped
-from api.schemas import PrintJobOut, RedeemIn
+from api.groupcommit import Deferred, Once, Outcome, Request, commit, run_grouped
+from api.routes.licences import count_redemptions
+from api.schemas import RedeemIn
+from inventory import db
 from inventory.accounts import TokenKind, authenticate
 from inventory.db import forget_shared_reads, shared_read, shared_reads, utcnow
-from inventory.errors import Conflict, Invalid, Unauthorized
+from inventory.errors import Conflict, Invalid, PartvaultError, Unauthorized
 from licensing import facilities, licences
 from licensing.orders import idempotency
 from licensing.orders.idempotency import Replay
@@ -51,17 +55,17 @@ def _redemption(
         now=utcnow(),
     )
 
-    def work(session: Any, facility: Any) -> PrintJobOut:
-        job = licences.redeem(
+    def check(session: Any, facility: Any) -> licences.CheckedRedemption:
+        return licences.check_redemption(
             session, facility, licence["jti"], licence["token"], context=services.tokens
         )
-        return PrintJobOut.of(job)
 
     once = None
     if key is not None:
         payload = msgspec.json.encode(RedeemIn(licence=licence["token"]))
         once = Once(key, idempotency.fingerprint("POST", path, payload), path, 201, "req-test")
-    return Request(Credentials(world.bureau.token, proof, "POST", htu), FACILITY, work, once)
+    credentials = Credentials(world.bureau.token, proof, "POST", htu)
+    return Request(credentials, FACILITY, Deferred(check, count_redemptions), once)
 
 
 @contextmanager
@@ -444,8 +448,8 @@ def test_a_lone_request_that_lost_a_deadlock_is_run_again(world):
 
 
 def _then_wait(request: Request, mine: threading.Event, theirs: threading.Event) -> Request:
-    """`request`, whose work, once done, says so and gives the other batch a second
-    to do its own first request (so both hold their first licence's row)."""
+    """`request`, whose work, once done, says so and waits (at most a second) for
+    `theirs`, holding its transaction open."""
 
     def work(session: Any, facility: Any) -> Any:
         out = request.work(session, facility)
@@ -456,11 +460,43 @@ def _then_wait(request: Request, mine: threading.Event, theirs: threading.Event)
     return Request(request.credentials, request.kinds, work, request.once)
 
 
-def test_batches_lock_licences_in_one_order_so_they_never_deadlock(world):
+_pause = threading.local()
+
+
+@pytest.fixture
+def pausing_counts(monkeypatch):
+    """`commit_pausing`: a commit whose batch, once it has counted its first licence
+    (and holds its row), says so and gives another thread a second to go on."""
+    count = licences._count
+
+    def counted_then_pause(session: Any, jti: str, prints: int) -> list[int]:
+        granted = count(session, jti, prints)
+        events, _pause.events = getattr(_pause, "events", None), None
+        if events is not None:
+            mine, theirs = events
+            mine.set()
+            theirs.wait(timeout=1.0)
+        return granted
+
+    monkeypatch.setattr(licences, "_count", counted_then_pause)
+
+    def commit_pausing(
+        services: Any, batch: list[Request], mine: threading.Event, theirs: threading.Event
+    ) -> list[Outcome]:
+        _pause.events = mine, theirs
+        try:
+            return commit(services, batch)
+        finally:
+            _pause.events = None
+
+    return commit_pausing
+
+
+def test_batches_lock_licences_in_one_order_so_they_never_deadlock(world, pausing_counts):
     """Two processes' batches redeeming the same two licences in opposite orders
     would each hold one licence's row and wait for the other's (on PostgreSQL a
     deadlock: one batch aborted after a second, then run again request by
-    request). Each batch takes the licences in jti order, so one waits for the
+    request). Each batch counts the licences in jti order, so one waits for the
     other's commit instead."""
     services = world.api.client.app.state.services
     first, second = sorted(
@@ -470,17 +506,17 @@ def test_batches_lock_licences_in_one_order_so_they_never_deadlock(world):
     assert isinstance(commit(services, [_redemption(world, world.licence(prints=1))])[0], bytes)
     done = threading.Event(), threading.Event()
     batches = [
-        [_then_wait(_redemption(world, first), done[0], done[1]), _redemption(world, second)],
-        [_then_wait(_redemption(world, second), done[1], done[0]), _redemption(world, first)],
+        ([_redemption(world, first), _redemption(world, second)], *done),
+        ([_redemption(world, second), _redemption(world, first)], *reversed(done)),
     ]
     with _counting(services.engine) as counts, ThreadPoolExecutor(2) as pool:
-        outcomes = list(pool.map(lambda batch: commit(services, batch), batches))
+        outcomes = list(pool.map(lambda args: pausing_counts(services, *args), batches))
     assert all(isinstance(o, bytes) for batch in outcomes for o in batch)
     assert counts["head_updates"] == 2  # one per batch: neither failed and ran again
     assert _state(world, first["jti"]) == _state(world, second["jti"]) == (2, 2, 2)
 
 
-def test_a_batch_claims_its_keys_before_it_locks_a_licence(world):
+def test_a_batch_claims_its_keys_before_it_locks_a_licence(world, pausing_counts):
     """A quick retry in another process (here: another thread) claims its key, then
     redeems. Had the batch holding the original locked the licence before claiming
     the same key, each would wait for the other: on PostgreSQL a deadlock, one
@@ -493,10 +529,7 @@ def test_a_batch_claims_its_keys_before_it_locks_a_licence(world):
     counted, retry_claimed = threading.Event(), threading.Event()
     original = _redemption(world, licence, key="quick-retry")
     retry = _redemption(world, licence, key="quick-retry")
-    batch = [
-        _then_wait(_redemption(world, licence), counted, retry_claimed),
-        original,
-    ]
+    batch = [_redemption(world, licence), original]
 
     def claimed_then_work(session: Any, facility: Any) -> Any:
         retry_claimed.set()
@@ -508,9 +541,137 @@ def test_a_batch_claims_its_keys_before_it_locks_a_licence(world):
 
     with _counting(services.engine) as counts, ThreadPoolExecutor(2) as pool:
         retried = pool.submit(run_retry)
-        outcomes = commit(services, batch)
+        outcomes = pausing_counts(services, batch, counted, retry_claimed)
         (replayed,) = retried.result()
     assert all(isinstance(o, bytes) for o in outcomes)
     assert isinstance(replayed, Replay) and replayed.body == outcomes[1]
     assert counts["head_updates"] == 1 and not retry_claimed.is_set()  # nothing ran again
     assert _state(world, licence["jti"]) == (2, 2, 2)
+
+
+@contextmanager
+def _statements(engine: sa.Engine, monkeypatch: Any) -> Iterator[list[str]]:
+    """Every statement run on `engine` while the block runs, prepared ones included."""
+    seen: list[str] = []
+
+    def on_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    on_driver = db._on_driver
+
+    def recording(connection: Any, sql: str, params: Any = None) -> Any:
+        seen.append(sql)
+        return on_driver(connection, sql, params)
+
+    monkeypatch.setattr(db, "_on_driver", recording)
+    sa.event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", on_execute)
+
+
+def _starting(statements: list[str], prefix: str) -> int:
+    return sum(statement.lstrip().startswith(prefix) for statement in statements)
+
+
+def test_a_batch_counts_a_licence_once_and_inserts_its_jobs_at_once(world, monkeypatch):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=10)
+    batch = [_redemption(world, licence) for _ in range(6)]
+    with _statements(services.engine, monkeypatch) as statements:
+        outcomes = commit(services, batch)
+    assert all(isinstance(o, bytes) for o in outcomes), outcomes
+    assert _starting(statements, "UPDATE licence") == 1
+    assert _starting(statements, "INSERT INTO print_job") == 1
+    assert _starting(statements, "SAVEPOINT") == 0  # the checks write nothing
+    assert _state(world, licence["jti"]) == (6, 6, 6)
+
+
+def _audited_counts(world: Any, jti: str) -> list[tuple[str, int]]:
+    """(serial, prints_used) of the licence's redemption events, in log order."""
+    engine = world.api.client.app.state.services.engine
+    query = sa.text(
+        "SELECT body FROM audit_entry WHERE event_type = 'licensing:print:redeemed'"
+        ' AND subject LIKE :s ORDER BY "index"'
+    )
+    with engine.connect() as conn:
+        bodies = [msgspec.json.decode(b) for b in conn.execute(query, {"s": f"%{jti}%"}).scalars()]
+    return [(body["facts"]["serial"], body["facts"]["prints_used"]) for body in bodies]
+
+
+def test_a_batch_asking_more_prints_than_remain_gets_them_in_order(world):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=6)
+    assert isinstance(commit(services, [_redemption(world, licence)])[0], bytes)
+    outcomes = commit(services, [_redemption(world, licence) for _ in range(7)])
+    granted = [msgspec.json.decode(o) for o in outcomes[:5]]
+    assert all(isinstance(o, Conflict) and o.code == "licence-exhausted" for o in outcomes[5:])
+    assert _state(world, licence["jti"]) == (6, 6, 6)
+    audited = _audited_counts(world, licence["jti"])
+    assert [used for _, used in audited] == [1, 2, 3, 4, 5, 6]
+    assert [serial for serial, _ in audited[1:]] == [job["serial"] for job in granted]
+
+
+def _write_mark(session: Any) -> Any:
+    """What changes when the session's transaction writes: SQLite's count of rows
+    changed on the connection; PostgreSQL's transaction id (none until it writes)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.execute(sa.text("SELECT pg_current_xact_id_if_assigned()")).scalar()
+    return session.connection().connection.driver_connection.total_changes
+
+
+def test_a_redemption_check_writes_nothing_whether_it_passes_or_refuses(world, monkeypatch):
+    services = world.api.client.app.state.services
+    good, revoked, other = world.licence(prints=2), world.licence(prints=2), world.licence()
+    world.api.ok(
+        "POST", f"/v1/licences/{revoked['jti']}/revoke", world.brand, json={"reason": "recall"}
+    )
+    with services.transaction() as session:
+        facility = authenticate(session, world.bureau.token)
+
+    def check(licence: dict[str, Any], jti: str | None = None) -> str:
+        with services.transaction() as session:
+            before = _write_mark(session)
+            try:
+                licences.check_redemption(
+                    session,
+                    facility,
+                    jti or licence["jti"],
+                    licence["token"],
+                    context=services.tokens,
+                )
+                outcome = "passed"
+            except PartvaultError as exc:
+                outcome = exc.code
+            assert _write_mark(session) == before, outcome
+            return outcome
+
+    assert check(good) == "passed"
+    assert check(good, jti=other["jti"]) == "licence-jti-mismatch"
+    assert check(revoked) == "licence-revoked"
+    cert = world.certification["id"]
+    world.api.ok("POST", f"/v1/certifications/{cert}/suspend", world.brand, json={"reason": "x"})
+    assert check(good) == "certification-suspended"
+    monkeypatch.setattr(licences, "utcnow", lambda: datetime(2100, 1, 1, tzinfo=UTC))
+    assert check(good).endswith("expired")
+    assert _state(world, good["jti"]) == (0, 0, 0)
+
+
+def test_a_batch_whose_count_fails_is_run_again_request_by_request(world, monkeypatch):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=5)
+    count, calls = licences._count, []
+
+    def failing_once(session: Any, jti: str, prints: int) -> list[int]:
+        calls.append(prints)
+        if len(calls) == 1:
+            raise RuntimeError("the connection dropped mid-count")
+        return count(session, jti, prints)
+
+    monkeypatch.setattr(licences, "_count", failing_once)
+    with _counting(services.engine) as counts:
+        outcomes = commit(services, [_redemption(world, licence) for _ in range(3)])
+    assert all(isinstance(o, bytes) for o in outcomes), outcomes
+    assert calls == [3, 1, 1, 1] and counts["commits"] == 3
+    assert _state(world, licence["jti"]) == (3, 3, 3)
