@@ -12,7 +12,14 @@ import sqlalchemy as sa
 from sqlmodel import Session
 from tests_support import create_pg_database, drop_pg_database
 
-from inventory.db import Prepared, UTCDateTime, insert_if_absent, is_deadlock, make_engine
+from inventory.db import (
+    Prepared,
+    UTCDateTime,
+    insert_all_absent,
+    insert_if_absent,
+    is_deadlock,
+    make_engine,
+)
 from licensing.tokens.replay import DpopReplay
 
 _METADATA = sa.MetaData()
@@ -130,17 +137,43 @@ def test_a_lost_deadlock_is_recognised_on_postgresql() -> None:
     assert len(failures) == 1 and is_deadlock(failures[0])
 
 
-def test_insert_if_absent_compiles_once_per_table(session: Session, monkeypatch) -> None:
-    """Once per table and engine, not per call: it runs once per redemption."""
-    compiled: list[Any] = []
+@pytest.fixture
+def compiled(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The dialects `Prepared` statements are compiled for while the test runs."""
+    dialects: list[Any] = []
     compile_once = Prepared._compile
 
     def counting(self: Prepared, dialect: Any) -> Any:
-        compiled.append(dialect)
+        dialects.append(dialect)
         return compile_once(self, dialect)
 
     monkeypatch.setattr(Prepared, "_compile", counting)
+    return dialects
+
+
+def test_insert_if_absent_compiles_once_per_table(session: Session, compiled: list[Any]) -> None:
+    """Once per table and engine, not per call: it runs once per redemption."""
     for n in range(3):
         row = {"digest": f"{n:064x}", "expires_at": AT}
         assert insert_if_absent(session, DpopReplay, row, "digest")
     assert len(compiled) == 1
+
+
+def test_insert_all_absent_inserts_what_is_new_in_one_statement(
+    session: Session, compiled: list[Any]
+) -> None:
+    """Rows already there (or repeated in the call) are skipped; one statement per
+    call, compiled once per row count."""
+    expires = AT + timedelta(seconds=60)
+
+    def rows(*digits: int) -> list[dict[str, Any]]:
+        return [{"digest": f"{d:064x}", "expires_at": expires} for d in digits]
+
+    assert insert_all_absent(session, DpopReplay, rows(1, 2, 3), "digest") == {
+        f"{d:064x}" for d in (1, 2, 3)
+    }
+    assert insert_all_absent(session, DpopReplay, rows(3, 4, 4), "digest") == {f"{4:064x}"}
+    assert insert_all_absent(session, DpopReplay, [], "digest") == set()
+    assert len(compiled) == 1  # both calls had three rows
+    stored = session.execute(sa.select(DpopReplay)).scalars().all()
+    assert len(stored) == 4 and {row.expires_at for row in stored} == {expires}
