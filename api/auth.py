@@ -24,6 +24,7 @@ from inventory.db import utcnow
 from inventory.errors import BadRequest, Forbidden, Unauthorized
 from licensing import facilities
 from licensing.tokens.dpop import CheckedProof, check_proof
+from licensing.tokens.replay import ReplayGuard
 
 #: A principal injected by the dependency named like the parameter.
 Auth = NamedDependency[Principal]
@@ -86,10 +87,14 @@ def credentials_of(request: Request[Any, Any, Any], services: Svc) -> Credential
 
 
 def authorize(
-    session: Session, credentials: Credentials, kinds: Collection[TokenKind]
+    session: Session,
+    credentials: Credentials,
+    kinds: Collection[TokenKind],
+    replay_guard: ReplayGuard | None = None,
 ) -> Principal:
     """Authenticate in the caller's transaction; a facility must also prove possession
-    of its key; a token of another role is refused (403)."""
+    of its key (its proof remembered by `replay_guard`, by default in the
+    transaction); a token of another role is refused (403)."""
     principal = authenticate(session, credentials.token)
     if principal.kind == TokenKind.facility:
         facilities.verify_possession(
@@ -100,6 +105,7 @@ def authorize(
             htu=credentials.htu,
             access_token=credentials.token,
             checked=credentials.checked_proof,
+            replay_guard=replay_guard,
         )
     if principal.kind not in kinds:
         allowed = " or ".join(k.value for k in kinds)

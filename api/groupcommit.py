@@ -12,12 +12,13 @@ runs without the GIL, on the other core, while the batch before commits, and
 outside the writer turn that server processes take one at a time. In the
 transaction:
 
-- the batch runs in two passes. First every request is authorized and claims
-  its Idempotency-Key, if it sent one (`_admit`, in the order of the token's
-  hash and the key). Then every admitted request works (`_work`, in the order
-  of its URI, which names the licence a redemption locks). So batches of
-  several processes take keys, then licence rows, each in one order, and
-  never deadlock on them;
+- the batch runs in two passes. First every request is authorized (the DPoP
+  proofs of all of them remembered by one statement) and claims its
+  Idempotency-Key, if it sent one (`_admit_all`, in the order of the token's
+  hash and the key). Then every admitted request works (`_work_all`, in the
+  order of its URI; redemptions lock their licences when they are counted, in
+  jti order). So batches of several processes take keys, then licence rows,
+  each in one order, and never deadlock on them;
 - plain work runs under a SAVEPOINT of its own: a refused request (any
   `PartvaultError`) rolls back to it and answers alone, the others commit.
   `Deferred` work (redemption) is checked per request, reading only, and then
@@ -65,6 +66,7 @@ from inventory.errors import PartvaultError
 from licensing.audit import AuditEvent, queued_appends
 from licensing.orders import idempotency
 from licensing.orders.idempotency import Replay
+from licensing.tokens.replay import ReplayBatch, ReplayGuard, replayed
 
 #: The most requests one transaction takes (bounds a batch's latency).
 MAX_BATCH = 64
@@ -261,7 +263,7 @@ class _Admitted:
 
 def _commit_together(services: Services, batch: list[Request]) -> list[Outcome]:
     """The batch in one transaction, in two passes: every request is admitted
-    (`_admit`) in `_claim_order`, then the admitted ones work (`_work_all`) in
+    (`_admit_all`) in `_claim_order`, then the admitted ones work (`_work_all`) in
     `_lock_order`. No request takes a licence row before every key of the batch
     is claimed, so a batch never holds a licence row while it waits for a key.
     A request repeating the Idempotency-Key of an earlier one in the batch (a
@@ -275,8 +277,7 @@ def _commit_together(services: Services, batch: list[Request]) -> list[Outcome]:
     ):
         for round_ in _rounds(batch):
             admitted: dict[int, _Admitted] = {}
-            for index in sorted(round_, key=lambda i: _claim_order(batch[i])):
-                admission = _admit(session, batch[index])
+            for index, admission in _admit_all(session, batch, round_).items():
                 if isinstance(admission, _Admitted):
                     admitted[index] = admission
                 else:
@@ -342,26 +343,56 @@ def _lock_order(request: Request) -> str:
     return request.credentials.htu
 
 
-def _admit(session: Session, request: Request) -> _Admitted | Replay | PartvaultError:
-    """The first pass: authorize the caller and claim its Idempotency-Key (if it sent
-    one); the answer stored for the key, or the error that refused the request.
+def _admit_all(
+    session: Session, batch: list[Request], round_: list[int]
+) -> dict[int, _Admitted | Replay | PartvaultError]:
+    """The first pass, in `_claim_order`: authorize every request, remember all
+    their DPoP proofs with one statement (`ReplayBatch`), then claim the
+    Idempotency-Keys of those admitted so far (`_claim`); what each request
+    got: admission, the answer stored for its key, or the error that refused it.
 
     No savepoint: all this writes before a refusal is kept anyway. That is the
     proof's row in the replay cache (a refused request's proof cannot be
     replayed either), the token's last-use stamp, and an expired record of the
-    key, deleted. A claim refuses before it inserts.
+    key, deleted. A claim refuses before it inserts. A replayed proof is
+    refused as if each request had remembered its own: authorization ends
+    with it, so it outranks only a refusal of the token's role.
     """
+    order = sorted(round_, key=lambda i: _claim_order(batch[i]))
+    proofs = ReplayBatch()
+    authorized = {i: _authorize(session, batch[i], proofs.guard(i)) for i in order}
+    seen_before = proofs.remember_all(session)
+    return {
+        i: replayed() if i in seen_before else _claim(session, batch[i], authorized[i])
+        for i in order
+    }
+
+
+def _authorize(
+    session: Session, request: Request, replay_guard: ReplayGuard
+) -> Principal | PartvaultError:
     try:
-        principal = authorize(session, request.credentials, request.kinds)
-        if request.once is None:
-            return _Admitted(principal, None)
+        return authorize(session, request.credentials, request.kinds, replay_guard)
+    except PartvaultError as exc:
+        return exc
+
+
+def _claim(
+    session: Session, request: Request, authorized: Principal | PartvaultError
+) -> _Admitted | Replay | PartvaultError:
+    """The authorized request's claim of its Idempotency-Key (if it sent one)."""
+    if isinstance(authorized, PartvaultError):
+        return authorized
+    if request.once is None:
+        return _Admitted(authorized, None)
+    try:
         key = idempotency.require_key(request.once.key)
-        claim = idempotency.begin(session, principal.token_id, key, request.once.fingerprint)
+        claim = idempotency.begin(session, authorized.token_id, key, request.once.fingerprint)
     except PartvaultError as exc:
         return exc
     if isinstance(claim, Replay):
         return claim
-    return _Admitted(principal, claim.record_id)
+    return _Admitted(authorized, claim.record_id)
 
 
 def _work(

@@ -26,7 +26,7 @@ from inventory.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorize
 from licensing.audit import log_event
 from licensing.audit.events import format_time
 from licensing.tokens.dpop import CheckedProof, check_proof, finish_proof
-from licensing.tokens.replay import DbReplayGuard
+from licensing.tokens.replay import DbReplayGuard, ReplayGuard
 from licensing.tokens.thumbprint import key_thumbprint
 
 MIN_RSA_BITS = 2048
@@ -432,12 +432,14 @@ def verify_possession(
     htu: str,
     access_token: str,
     checked: CheckedProof | None = None,
+    replay_guard: ReplayGuard | None = None,
 ) -> None:
     """Check the request's DPoP proof against the facility's registered key.
 
     A stolen facility token is useless without the facility's private key.
     `checked` is the proof as the caller already checked it on its own
-    (`check_proof`), if it did.
+    (`check_proof`), if it did. The proof is remembered by `replay_guard`
+    (by default, in the session's transaction).
     """
     assert principal.facility_id is not None
     expected_jkt = require_approved(session, principal.facility_id)
@@ -445,4 +447,6 @@ def verify_possession(
         raise Unauthorized("a DPoP proof header is required", code="dpop-missing")
     if checked is None or checked.proof != proof:
         checked = check_proof(proof, htm=htm, htu=htu, access_token=access_token, now=utcnow())
-    finish_proof(checked, expected_jkt=expected_jkt, replay_guard=DbReplayGuard(session))
+    if replay_guard is None:
+        replay_guard = DbReplayGuard(session)
+    finish_proof(checked, expected_jkt=expected_jkt, replay_guard=replay_guard)

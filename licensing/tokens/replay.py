@@ -16,12 +16,14 @@ transaction; the caller commits.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Hashable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from sqlmodel import Field, Session, SQLModel
 
-from inventory.db import UTCDateTime, delete_where, insert_if_absent
+from inventory.db import UTCDateTime, delete_where, insert_all_absent, insert_if_absent
 from inventory.errors import Unauthorized
 
 
@@ -47,11 +49,16 @@ def replay_digest(jti: str) -> str:
     return hashlib.sha256(jti.encode("utf-8")).hexdigest()
 
 
+def replayed() -> Unauthorized:
+    """The refusal of a proof seen before."""
+    return Unauthorized("proof of possession already used", code="dpop-replayed")
+
+
 def remember(session: Session, jti: str, expires: datetime) -> None:
     """Record `jti` until `expires`; a duplicate raises ``dpop-replayed``."""
     row = {"digest": replay_digest(jti), "expires_at": expires}
     if not insert_if_absent(session, DpopReplay, row, "digest"):
-        raise Unauthorized("proof of possession already used", code="dpop-replayed")
+        raise replayed()
 
 
 def prune_replay_cache(session: Session, now: datetime, limit: int | None = None) -> int:
@@ -69,3 +76,49 @@ class DbReplayGuard:
     def remember(self, jti: str, expires: datetime) -> None:
         """See `remember`."""
         remember(self._session, jti, expires)
+
+
+class ReplayBatch:
+    """The proofs of several requests, remembered together by one statement.
+
+    Each request's check gets a guard of its own (`guard`), which records its
+    proof instead of writing it; `remember_all` then inserts every recorded
+    proof with one ``INSERT`` (in digest order, one lock order for every
+    process) and names the requests whose proofs were seen before: committed
+    earlier, by a concurrent transaction (the insert waits for its outcome),
+    or by an earlier request of the same batch.
+    """
+
+    def __init__(self) -> None:
+        self._proofs: dict[Hashable, tuple[str, datetime]] = {}
+
+    def guard(self, request: Hashable) -> ReplayGuard:
+        """The guard for `request`'s check: records its proof for `remember_all`."""
+        return _Recording(self._proofs, request)
+
+    def remember_all(self, session: Session) -> set[Hashable]:
+        """Insert the recorded proofs; the requests whose proofs were seen before."""
+        first: dict[str, Hashable] = {}
+        repeated: set[Hashable] = set()
+        for request, (jti, _) in self._proofs.items():
+            digest = replay_digest(jti)
+            if digest in first:
+                repeated.add(request)
+            else:
+                first[digest] = request
+        rows = [
+            {"digest": digest, "expires_at": self._proofs[request][1]}
+            for digest, request in sorted(first.items())
+        ]
+        inserted = insert_all_absent(session, DpopReplay, rows, "digest")
+        self._proofs.clear()
+        return repeated | {request for digest, request in first.items() if digest not in inserted}
+
+
+@dataclass(frozen=True)
+class _Recording:
+    proofs: dict[Hashable, tuple[str, datetime]]
+    request: Hashable
+
+    def remember(self, jti: str, expires: datetime) -> None:
+        self.proofs[self.request] = (jti, expires)

@@ -675,3 +675,27 @@ def test_a_batch_whose_count_fails_is_run_again_request_by_request(world, monkey
     assert all(isinstance(o, bytes) for o in outcomes), outcomes
     assert calls == [3, 1, 1, 1] and counts["commits"] == 3
     assert _state(world, licence["jti"]) == (3, 3, 3)
+
+
+def test_a_replayed_proof_outranks_only_a_refusal_of_the_role(world):
+    """Proofs are remembered together after every request is authorized, yet refused
+    as if each had been remembered at the end of its own authorization: after
+    the token and the proof's own checks, before the role."""
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=3)
+    spent = _redemption(world, licence)
+    assert isinstance(commit(services, [spent])[0], bytes)
+    as_brand = (TokenKind.brand,)
+    outcomes = commit(
+        services,
+        [
+            replace(_redemption(world, licence, proof=spent.credentials.proof), kinds=as_brand),
+            replace(fresh := _redemption(world, licence), kinds=as_brand),
+            replace(_redemption(world, licence, proof="not.a.proof"), kinds=as_brand),
+        ],
+    )
+    assert [o.code for o in outcomes] == ["dpop-replayed", "wrong-role", "dpop-malformed"]
+    # the fresh proof was remembered although its request was refused
+    again = commit(services, [_redemption(world, licence, proof=fresh.credentials.proof)])
+    assert isinstance(again[0], Unauthorized) and again[0].code == "dpop-replayed"
+    assert _state(world, licence["jti"]) == (1, 1, 1)

@@ -14,9 +14,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from inventory import db
 from inventory.errors import Unauthorized
 from licensing.tokens.dpop import make_proof, verify_proof
-from licensing.tokens.replay import DbReplayGuard, DpopReplay, prune_replay_cache, remember
+from licensing.tokens.replay import (
+    DbReplayGuard,
+    DpopReplay,
+    ReplayBatch,
+    prune_replay_cache,
+    remember,
+    replay_digest,
+)
 from licensing.tokens.thumbprint import key_thumbprint
 
 HTU = "https://api.partvault.example/v1/licences/lic_1/redeem"
@@ -133,3 +141,34 @@ def test_stored_digest_hides_the_jti(engine: Engine, tools: SimpleNamespace) -> 
     with engine.connect() as conn:
         (digest,) = conn.execute(sa.text("SELECT digest FROM dpop_replay")).one()
     assert len(digest) == 64 and "my-proof-id" not in digest
+
+
+def test_a_batch_remembers_its_proofs_at_once_and_names_the_replays(
+    engine: Engine, tools: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen before in a committed transaction or earlier in the batch: replayed;
+    the others are remembered, by one statement."""
+    later = tools.NOW + timedelta(seconds=60)
+    with Session(engine) as session:
+        remember(session, "old", later)
+        session.commit()
+    statements: list[str] = []
+    on_driver = db._on_driver
+
+    def recording(connection: Any, sql: str, params: Any = None) -> Any:
+        statements.append(sql)
+        return on_driver(connection, sql, params)
+
+    monkeypatch.setattr(db, "_on_driver", recording)
+    batch = ReplayBatch()
+    for request, jti in enumerate(["new-1", "old", "new-2", "new-1"]):
+        batch.guard(request).remember(jti, later)
+    with Session(engine) as session:
+        assert batch.remember_all(session) == {1, 3}
+        assert batch.remember_all(session) == set()  # nothing left to remember
+        session.commit()
+    assert [s.split("(")[0].strip() for s in statements] == ["INSERT INTO dpop_replay"]
+    with Session(engine) as session:
+        tools.expect(lambda: remember(session, "new-2", later), 401, "dpop-replayed")
+        stored = {row.digest for row in session.exec(select(DpopReplay)).all()}
+        assert stored == {replay_digest(jti) for jti in ("old", "new-1", "new-2")}
