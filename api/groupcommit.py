@@ -19,16 +19,16 @@ transaction:
   order of its URI; redemptions lock their licences when they are counted, in
   jti order). So batches of several processes take keys, then licence rows,
   each in one order, and never deadlock on them;
-- plain work runs under a SAVEPOINT of its own: a refused request (any
-  `PartvaultError`) rolls back to it and answers alone, the others commit.
-  `Deferred` work (redemption) is checked per request, reading only, and then
-  applied once for all the batch's checked requests (one count per licence,
-  one insert for the print jobs), without savepoints. Either way a refused
-  request's DPoP proof stays spent: the replay cache row was written in the
-  first pass, which needs no savepoint (all it writes before a refusal is
-  kept anyway);
+- a request's work is `Deferred`: each admitted request is checked, reading
+  only, so a refused request (any `PartvaultError`) rolls nothing back and
+  answers alone; then the checked requests of one kind are applied together
+  (issuance: the licences signed and inserted by one statement; redemption:
+  one count per licence, one insert for the print jobs). No savepoint
+  anywhere. A refused request's DPoP proof stays spent: the replay cache row
+  was written in the first pass, and all that pass writes before a refusal is
+  kept anyway;
 - reads of rows the requests never change are made once per transaction
-  (`shared_reads`) and forgotten whenever a request rolls back;
+  (`shared_reads`);
 - the audit events of the requests that succeed are appended as one batch
   (`queued_appends`);
 - a claimed key's work and its stored response (or refusal, a client error)
@@ -61,9 +61,9 @@ from api.auth import Credentials, authorize, check_proof_ahead
 from api.problems import problem_body
 from api.services import Services
 from inventory.accounts import Principal, TokenKind, hash_token
-from inventory.db import forget_shared_reads, is_deadlock, shared_reads
+from inventory.db import is_deadlock, shared_reads
 from inventory.errors import PartvaultError
-from licensing.audit import AuditEvent, queued_appends
+from licensing.audit import queued_appends
 from licensing.orders import idempotency
 from licensing.orders.idempotency import Replay
 from licensing.tokens.replay import ReplayBatch, ReplayGuard, replayed
@@ -72,21 +72,21 @@ from licensing.tokens.replay import ReplayBatch, ReplayGuard, replayed
 MAX_BATCH = 64
 #: How often a lone request that lost a deadlock is run again.
 DEADLOCK_RETRIES = 3
-Work = Callable[[Session, Principal], Any]
 T = TypeVar("T")
 C = TypeVar("C")
 
 
 @dataclass(frozen=True)
 class Deferred(Generic[C]):
-    """Work in two steps, so that a batch writes once for all its requests.
+    """A request's work in two steps, so that a batch writes once for all its requests.
 
     `check` runs for each request and only reads: it refuses (raises) before
-    anything is written, so it needs no savepoint. `apply` then runs once for
-    the checked requests of a batch that share it, and gives each its result
-    or its refusal (a `PartvaultError`, returned, not raised), in order; it must
-    not raise but for a fault, which fails the batch. Called as plain work, it
-    is both steps for one request.
+    anything is written, so a refused request rolls nothing back and needs no
+    savepoint. `apply` then runs once for the checked requests of a batch that
+    share it, and gives each its result or its refusal (a `PartvaultError`,
+    returned, not raised), in order; it raises only for a fault, which fails
+    the batch. Called as a plain function (as `api.idempotency.run_idempotent`
+    does), it is both steps for one request.
     """
 
     check: Callable[[Session, Principal], C]
@@ -117,7 +117,7 @@ class Request:
 
     credentials: Credentials
     kinds: Collection[TokenKind]
-    work: Work
+    work: Deferred[Any]
     once: Once | None = None
 
 
@@ -273,7 +273,7 @@ def _commit_together(services: Services, batch: list[Request]) -> list[Outcome]:
     with (
         services.transaction() as session,
         shared_reads(session),
-        queued_appends(session) as events,
+        queued_appends(session),
     ):
         for round_ in _rounds(batch):
             admitted: dict[int, _Admitted] = {}
@@ -282,26 +282,28 @@ def _commit_together(services: Services, batch: list[Request]) -> list[Outcome]:
                     admitted[index] = admission
                 else:
                     outcomes[index] = admission
-            outcomes |= _work_all(session, events, batch, admitted)
+            outcomes |= _work_all(session, batch, admitted)
     return [outcomes[index] for index in range(len(batch))]
 
 
 def _work_all(
-    session: Session, events: list[AuditEvent], batch: list[Request], admitted: dict[int, _Admitted]
+    session: Session, batch: list[Request], admitted: dict[int, _Admitted]
 ) -> dict[int, bytes | PartvaultError]:
-    """The second pass, in `_lock_order`: plain work under a savepoint each
-    (`_work`); `Deferred` work checked (`_check_first`), then applied once for
-    all the checked requests that share its `apply`, after the plain work."""
+    """The second pass: every admitted request's check, in `_lock_order` (reads
+    only, so a refusal rolls nothing back), then each `apply` once for all the
+    checked requests that share it, in the order of their first. The rows the
+    applies lock (licences counted, the signing key's ``verify_until``) are
+    then taken in one order by the batches of every process."""
     outcomes: dict[int, bytes | PartvaultError] = {}
     checked: dict[Callable[..., list[Any]], dict[int, Any]] = {}
     for index in sorted(admitted, key=lambda i: (_lock_order(batch[i]), i)):
         request, admission = batch[index], admitted[index]
-        if not isinstance(request.work, Deferred):
-            outcomes[index] = _work(session, events, request, admission)
-        elif isinstance(check := _check_first(session, request, admission), Checked):
-            checked.setdefault(request.work.apply, {})[index] = check.value
-        else:
-            outcomes[index] = check
+        try:
+            value = request.work.check(session, admission.principal)
+        except PartvaultError as exc:
+            outcomes[index] = _answer(session, request, admission, exc)
+            continue
+        checked.setdefault(request.work.apply, {})[index] = value
     for apply, values in checked.items():
         results = apply(session, list(values.values()))
         for index, result in zip(values, results, strict=True):
@@ -393,45 +395,6 @@ def _claim(
     if isinstance(claim, Replay):
         return claim
     return _Admitted(authorized, claim.record_id)
-
-
-def _work(
-    session: Session, events: list[AuditEvent], request: Request, admitted: _Admitted
-) -> bytes | PartvaultError:
-    """The second pass for plain work: under a savepoint of its own; its JSON body,
-    or the error that refused it. A refusal rolls back the work alone."""
-    queued = len(events)
-    savepoint = session.begin_nested()
-    try:
-        result = request.work(session, admitted.principal)
-        savepoint.commit()
-    except PartvaultError as exc:
-        savepoint.rollback()
-        del events[queued:]
-        forget_shared_reads(session)
-        result = exc
-    return _answer(session, request, admitted, result)
-
-
-@dataclass(frozen=True)
-class Checked:
-    """What a `Deferred` work's check gave, for its apply."""
-
-    value: Any
-
-
-def _check_first(
-    session: Session, request: Request, admitted: _Admitted
-) -> Checked | PartvaultError:
-    """The second pass for `Deferred` work: its check (reads only: no savepoint), or
-    the error that refused it."""
-    assert isinstance(request.work, Deferred)
-    try:
-        return Checked(request.work.check(session, admitted.principal))
-    except PartvaultError as exc:
-        result = _answer(session, request, admitted, exc)
-        assert isinstance(result, PartvaultError)
-        return result
 
 
 def _answer(

@@ -24,7 +24,7 @@ from litestar.params import HeaderParameter
 from sqlmodel import Session
 
 from api.auth import Credentials, authorize
-from api.groupcommit import Once, Request, run_grouped
+from api.groupcommit import Deferred, Once, Request, run_grouped
 from api.logs import current_request_id
 from api.problems import PROBLEM_MEDIA_TYPE, problem_body
 from api.services import Services
@@ -47,7 +47,8 @@ async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 @dataclass(frozen=True)
 class CreatingPost:
     """A creating POST as a route hands it over: who calls, which roles may, the
-    Idempotency-Key (if any), the request as fingerprinted, and the work."""
+    Idempotency-Key (if any), the request as fingerprinted, and the work (a
+    `Deferred` where the key is optional: such posts run in the group commit)."""
 
     credentials: Credentials
     kinds: Collection[TokenKind]
@@ -65,6 +66,8 @@ async def run_creating(services: Services, post: CreatingPost) -> Response[bytes
     per Idempotency-Key in transactions of its own (`run_idempotent`)."""
     if post.key_required:
         return await in_thread(run_idempotent, services, post)
+    if not isinstance(post.work, Deferred):
+        raise TypeError("work run in the group commit must be Deferred")
     outcome = await run_grouped(
         services, Request(post.credentials, post.kinds, post.work, _once(post))
     )

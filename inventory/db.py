@@ -80,8 +80,8 @@ def shared_reads(session: Session) -> Iterator[None]:
     For a group commit, where many requests share one transaction and mostly
     read the same rows (token, facility, licence, certifications): a snapshot
     read twice in one transaction gives the same answer. Only reads of rows the
-    shared requests never change may go through `shared_read`; whoever rolls
-    back part of the transaction must call `forget_shared_reads`.
+    shared requests never change may go through `shared_read`, and nothing
+    that reads through it may roll back part of the transaction.
     """
     session.info[_SHARED_READS] = {}
     try:
@@ -99,13 +99,6 @@ def shared_read(session: Session, key: tuple[Hashable, ...], read: Callable[[], 
         memo[key] = read()
     value: T = memo[key]
     return value
-
-
-def forget_shared_reads(session: Session) -> None:
-    """Drop every remembered read (after rolling back to a savepoint)."""
-    memo = session.info.get(_SHARED_READS)
-    if memo is not None:
-        memo.clear()
 
 
 class Prepared:
@@ -220,9 +213,21 @@ def insert_all_absent(
     if not rows:
         return set()
     table: sa.Table = model.__table__  # type: ignore[attr-defined]
-    statement = _insert_rows_ignoring(session.get_bind().dialect.name, table, key, len(rows))
-    params = {f"{name}_{i}": value for i, row in enumerate(rows) for name, value in row.items()}
-    return {found for (found,) in statement.rows(session, params)}
+    statement = _insert_rows(session.get_bind().dialect.name, table, len(rows), key)
+    return {found for (found,) in statement.rows(session, _numbered(rows))}
+
+
+def _numbered(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parameters of `_insert_rows`: the i-th row's column c as ``c_i``."""
+    return {f"{name}_{i}": value for i, row in enumerate(rows) for name, value in row.items()}
+
+
+def insert_all(session: Session, model: type[SQLModel], rows: list[dict[str, Any]]) -> None:
+    """Insert several rows (every column each) by one prepared multi-row ``INSERT``."""
+    if rows:
+        table: sa.Table = model.__table__  # type: ignore[attr-defined]
+        statement = _insert_rows(session.get_bind().dialect.name, table, len(rows), None)
+        statement.rows(session, _numbered(rows))
 
 
 def delete_where(
@@ -251,14 +256,18 @@ def _insert_ignoring(dialect: str, table: sa.Table, key: str) -> Prepared:
 
 
 @lru_cache(maxsize=256)
-def _insert_rows_ignoring(dialect: str, table: sa.Table, key: str, count: int) -> Prepared:
-    """``INSERT … VALUES`` of `count` rows, the i-th row's column c bound as ``c_i``."""
+def _insert_rows(dialect: str, table: sa.Table, count: int, ignoring: str | None) -> Prepared:
+    """``INSERT … VALUES`` of `count` rows, the i-th row's column c bound as ``c_i``;
+    with `ignoring` (a key column), ``ON CONFLICT DO NOTHING RETURNING`` that key."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     rows = [
         {column.name: sa.bindparam(f"{column.name}_{i}", type_=column.type) for column in table.c}
         for i in range(count)
     ]
-    return Prepared(insert(table).values(rows).on_conflict_do_nothing().returning(table.c[key]))
+    statement = insert(table).values(rows)
+    if ignoring is None:
+        return Prepared(statement)
+    return Prepared(statement.on_conflict_do_nothing().returning(table.c[ignoring]))
 
 
 #: How long a SQLite writer waits for the lock: SQLite's busy timeout and a writer turn's.

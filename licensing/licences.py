@@ -22,7 +22,15 @@ from sqlmodel import JSON, Field, Session, SQLModel, select
 from inventory import catalog
 from inventory.accounts import Principal, reprint_allowance
 from inventory.catalog import PartStatus
-from inventory.db import Prepared, UTCDateTime, insert_all_absent, new_id, shared_read, utcnow
+from inventory.db import (
+    Prepared,
+    UTCDateTime,
+    insert_all,
+    insert_all_absent,
+    new_id,
+    shared_read,
+    utcnow,
+)
 from inventory.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
 from licensing.audit import log_event
 from licensing.facilities import require_approved, require_certification
@@ -193,7 +201,23 @@ def parse_serial(text: str) -> int:
     return value
 
 
-def issue(
+@dataclass(frozen=True, slots=True)
+class CheckedIssue:
+    """A licence that passed every check and waits to be signed and recorded
+    (`record_licences`): who signs, for which brand and terms, and what the
+    checks read."""
+
+    signer: Signer
+    context: TokenContext
+    brand_id: str
+    terms: LicenceTerms
+    revision: Any
+    facility_jkt: str
+    reprints_allowed: int
+    actor: str
+
+
+def check_issue(
     session: Session,
     signer: Signer,
     context: TokenContext,
@@ -201,8 +225,9 @@ def issue(
     terms: LicenceTerms,
     *,
     actor: str,
-) -> IssuedLicence:
-    """Sign and record a licence; the facility must be certified for the part's profile."""
+) -> CheckedIssue:
+    """Every check of an issuance, or its refusal; reads only, writes nothing. The
+    facility must be certified for the part's print profile."""
     if terms.expires_at <= terms.not_before:
         raise Invalid("expires_at must be after not_before", code="licence-empty-lifetime")
     revision = catalog.licensable_revision(session, brand_id, terms.revision_id)
@@ -218,34 +243,65 @@ def issue(
         revision.profile["process"],
         revision.profile["material"],
     )
+    return CheckedIssue(
+        signer=signer,
+        context=context,
+        brand_id=brand_id,
+        terms=terms,
+        revision=revision,
+        facility_jkt=facility_jkt,
+        reprints_allowed=reprint_allowance(session, brand_id),
+        actor=actor,
+    )
+
+
+def record_licences(session: Session, checked: Sequence[CheckedIssue]) -> list[IssuedLicence]:
+    """Sign the checked licences, record them by one INSERT, and audit each."""
+    licences = [_signed(issuance) for issuance in checked]
+    insert_all(session, Licence, [licence.row() for licence in licences])
+    for licence, issuance in zip(licences, checked, strict=True):
+        _audit(
+            session,
+            "licensing:licence:issued",
+            issuance.actor,
+            licence,
+            prints=licence.prints_total,
+        )
+    return licences
+
+
+def _signed(issuance: CheckedIssue) -> IssuedLicence:
+    """The licence `issuance` grants, signed now (signing may extend the key's
+    ``verify_until``: a write)."""
+    terms, revision = issuance.terms, issuance.revision
     jti = new_id("lic")
     now = utcnow()
     token = issue_licence(
-        signer,
-        issuer=context.issuer,
-        audience=context.audience,
+        issuance.signer,
+        issuer=issuance.context.issuer,
+        audience=issuance.context.audience,
         subject=terms.facility_id,
         jti=jti,
-        brand_id=brand_id,
+        brand_id=issuance.brand_id,
         part_id=revision.part_id,
         revision_id=revision.revision_id,
         design_sha256=revision.sha256,
         prints=terms.prints,
         print_profile_hash=revision.profile_hash,
-        facility_jkt=facility_jkt,
+        facility_jkt=issuance.facility_jkt,
         not_before=terms.not_before,
         expires_at=terms.expires_at,
         now=now,
     )
-    licence = IssuedLicence(
+    return IssuedLicence(
         jti=jti,
-        brand_id=brand_id,
+        brand_id=issuance.brand_id,
         part_id=revision.part_id,
         revision_id=revision.revision_id,
         facility_id=terms.facility_id,
         order_id=terms.order_id,
         prints_total=terms.prints,
-        reprints_allowed=reprint_allowance(session, brand_id),
+        reprints_allowed=issuance.reprints_allowed,
         royalty_per_print_cents=revision.royalty_per_print_cents,
         currency=revision.currency,
         profile_hash=revision.profile_hash,
@@ -254,9 +310,6 @@ def issue(
         token=token,
         created_at=now,
     )
-    _INSERT_LICENCE.rows(session, licence.row())
-    _audit(session, "licensing:licence:issued", actor, licence, prints=terms.prints)
-    return licence
 
 
 def _audit(session: Session, kind: str, actor: str, licence: Any, **facts: Any) -> None:
@@ -493,7 +546,6 @@ def _fresh_serials(count: int) -> list[int]:
 
 
 _licence = Licence.__table__  # type: ignore[attr-defined]
-_INSERT_LICENCE = Prepared(sa.insert(_licence))
 _LICENCE_BY_JTI = sa.select(_licence).where(_licence.c.jti == sa.bindparam("jti"))
 #: The exactly-once count: the database decides which concurrent redemptions win.
 _COUNT_PRINTS = Prepared(

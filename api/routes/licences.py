@@ -36,9 +36,9 @@ async def issue_licence(
         expires_at=data.expires_at,
     )
 
-    def work(session: Any, brand: Principal) -> LicenceOut:
+    def check(session: Any, brand: Principal) -> licences.CheckedIssue:
         signer = current_signer(session, services.keyring)
-        row = licences.issue(
+        return licences.check_issue(
             session,
             signer,
             services.tokens,
@@ -46,7 +46,6 @@ async def issue_licence(
             terms,
             actor=f"brand:{brand.brand_id}",
         )
-        return LicenceOut.of(row)
 
     post = CreatingPost(
         credentials=credentials,
@@ -54,9 +53,14 @@ async def issue_licence(
         key=idempotency_key,
         path="/v1/licences",
         payload=data,
-        work=work,
+        work=Deferred(check, record_licences),
     )
     return await run_creating(services, post)
+
+
+def record_licences(session: Any, checked: list[licences.CheckedIssue]) -> list[LicenceOut]:
+    """Sign and record the checked licences of a batch together."""
+    return [LicenceOut.of(row) for row in licences.record_licences(session, checked)]
 
 
 @get("/v1/licences", sync_to_thread=True, tags=["licences"])

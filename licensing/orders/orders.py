@@ -387,7 +387,10 @@ def _assign(
         order_id=order.id,
     )
     signer = current_signer(session, issuer.keyring)
-    licence = licences.issue(session, signer, issuer.context, order.brand_id, terms, actor=actor)
+    checked = licences.check_issue(
+        session, signer, issuer.context, order.brand_id, terms, actor=actor
+    )
+    (licence,) = licences.record_licences(session, [checked])
     order.status = OrderStatus.routed.value
     order.facility_id, order.licence_jti = chosen.facility_id, licence.jti
     order.price = price_dict(chosen.price)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -25,16 +25,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from api import auth
 from api.auth import Credentials, check_proof_ahead
 from api.groupcommit import Deferred, Once, Outcome, Request, commit, run_grouped
-from api.routes.licences import count_redemptions
+from api.routes.licences import count_redemptions, record_licences
 from api.schemas import RedeemIn
 from inventory import db
 from inventory.accounts import TokenKind, authenticate
-from inventory.db import forget_shared_reads, shared_read, shared_reads, utcnow
+from inventory.db import shared_read, shared_reads, utcnow
 from inventory.errors import Conflict, Invalid, PartvaultError, Unauthorized
 from licensing import facilities, licences
 from licensing.orders import idempotency
 from licensing.orders.idempotency import Replay
-from licensing.tokens import make_proof
+from licensing.tokens import current_signer, make_proof
 
 FACILITY = (TokenKind.facility,)
 
@@ -66,6 +66,22 @@ def _redemption(
         once = Once(key, idempotency.fingerprint("POST", path, payload), path, 201, "req-test")
     credentials = Credentials(world.bureau.token, proof, "POST", htu)
     return Request(credentials, FACILITY, Deferred(check, count_redemptions), once)
+
+
+def _reworked(request: Request, check: Any = None, apply: Any = None) -> Request:
+    """`request` with its work's check or apply replaced."""
+    work = Deferred(check or request.work.check, apply or request.work.apply)
+    return replace(request, work=work)
+
+
+def _crashing(request: Request) -> Request:
+    """`request`, whose apply fails after counting (a bug)."""
+
+    def crash(session: Any, checked: list[Any]) -> list[Any]:
+        request.work.apply(session, checked)
+        raise RuntimeError("a bug after the count")
+
+    return _reworked(request, apply=crash)
 
 
 @contextmanager
@@ -135,15 +151,9 @@ def test_one_commit_for_a_batch_and_refusals_answer_alone(world):
 def test_a_batch_that_fails_as_a_whole_is_run_again_request_by_request(world):
     services = world.api.client.app.state.services
     licence = world.licence(prints=5)
-    broken = _redemption(world, licence)
-
-    def crash(session: Any, facility: Any) -> Any:
-        broken.work(session, facility)
-        raise RuntimeError("a bug after the count")
-
     batch = [
         _redemption(world, licence),
-        Request(broken.credentials, broken.kinds, crash),
+        _crashing(_redemption(world, licence)),
         _redemption(world, licence),
     ]
     with _counting(services.engine) as counts:
@@ -283,7 +293,7 @@ def test_a_check_made_for_another_proof_is_not_trusted(world):
     assert _state(world, licence["jti"]) == (0, 0, 0)
 
 
-def test_shared_reads_read_once_per_transaction_until_forgotten(world):
+def test_shared_reads_read_once_per_transaction(world):
     services = world.api.client.app.state.services
     reads: list[int] = []
 
@@ -296,9 +306,7 @@ def test_shared_reads_read_once_per_transaction_until_forgotten(world):
         with shared_reads(session):
             assert [shared_read(session, ("k",), read) for _ in range(3)] == [3, 3, 3]
             assert shared_read(session, ("other",), read) == 4
-            forget_shared_reads(session)
-            assert shared_read(session, ("k",), read) == 5
-        assert shared_read(session, ("k",), read) == 6
+        assert shared_read(session, ("k",), read) == 5
 
 
 def test_savepoints_sent_as_plain_sql_undo_only_their_own_writes(world):
@@ -399,15 +407,9 @@ def test_a_key_claimed_elsewhere_and_still_running_is_409_and_kept(world):
 def test_a_keyed_request_of_a_failed_batch_claims_nothing_when_it_fails_alone(world):
     services = world.api.client.app.state.services
     licence = world.licence(prints=5)
-    broken = _redemption(world, licence, key="crash")
-
-    def crash(session: Any, facility: Any) -> Any:
-        broken.work(session, facility)
-        raise RuntimeError("a bug after the count")
-
     batch = [
         _redemption(world, licence, key="ok"),
-        Request(broken.credentials, broken.kinds, crash, broken.once),
+        _crashing(_redemption(world, licence, key="crash")),
     ]
     outcomes = commit(services, batch)
     assert isinstance(outcomes[0], bytes) and isinstance(outcomes[1], RuntimeError)
@@ -425,13 +427,13 @@ def test_a_lone_request_that_lost_a_deadlock_is_run_again(world):
     runs: list[int] = []
 
     def losing_twice(request: Request) -> Request:
-        def work(session: Any, facility: Any) -> Any:
+        def apply(session: Any, checked: list[Any]) -> list[Any]:
             runs.append(1)
             if len(runs) <= 2:
                 raise sa.exc.OperationalError("UPDATE licence …", {}, _LostDeadlock())
-            return request.work(session, facility)
+            return request.work.apply(session, checked)
 
-        return Request(request.credentials, request.kinds, work, request.once)
+        return _reworked(request, apply=apply)
 
     outcome = commit(services, [losing_twice(_redemption(world, licence, key="dl"))])[0]
     assert isinstance(outcome, bytes) and len(runs) == 3
@@ -441,23 +443,22 @@ def test_a_lone_request_that_lost_a_deadlock_is_run_again(world):
         runs.append(1)
         raise RuntimeError("not a deadlock")
 
-    plain = _redemption(world, licence)
     runs.clear()
-    failed = commit(services, [Request(plain.credentials, plain.kinds, buggy)])[0]
+    failed = commit(services, [_reworked(_redemption(world, licence), check=buggy)])[0]
     assert isinstance(failed, RuntimeError) and len(runs) == 1
 
 
 def _then_wait(request: Request, mine: threading.Event, theirs: threading.Event) -> Request:
-    """`request`, whose work, once done, says so and waits (at most a second) for
+    """`request`, whose work, once applied, says so and waits (at most a second) for
     `theirs`, holding its transaction open."""
 
-    def work(session: Any, facility: Any) -> Any:
-        out = request.work(session, facility)
+    def apply(session: Any, checked: list[Any]) -> list[Any]:
+        out = request.work.apply(session, checked)
         mine.set()
         theirs.wait(timeout=1.0)
         return out
 
-    return Request(request.credentials, request.kinds, work, request.once)
+    return _reworked(request, apply=apply)
 
 
 _pause = threading.local()
@@ -531,13 +532,13 @@ def test_a_batch_claims_its_keys_before_it_locks_a_licence(world, pausing_counts
     retry = _redemption(world, licence, key="quick-retry")
     batch = [_redemption(world, licence), original]
 
-    def claimed_then_work(session: Any, facility: Any) -> Any:
+    def claimed_then_check(session: Any, facility: Any) -> Any:
         retry_claimed.set()
-        return retry.work(session, facility)
+        return retry.work.check(session, facility)
 
     def run_retry() -> list[Outcome]:
         counted.wait(timeout=5)
-        return commit(services, [replace(retry, work=claimed_then_work)])
+        return commit(services, [_reworked(retry, check=claimed_then_check)])
 
     with _counting(services.engine) as counts, ThreadPoolExecutor(2) as pool:
         retried = pool.submit(run_retry)
@@ -699,3 +700,74 @@ def test_a_replayed_proof_outranks_only_a_refusal_of_the_role(world):
     again = commit(services, [_redemption(world, licence, proof=fresh.credentials.proof)])
     assert isinstance(again[0], Unauthorized) and again[0].code == "dpop-replayed"
     assert _state(world, licence["jti"]) == (1, 1, 1)
+
+
+def _issuance(world: Any, prints: int = 1, **terms: Any) -> Request:
+    """An issuance by the world's brand, as the route queues it."""
+    services = world.api.client.app.state.services
+    now = utcnow()
+    licence_terms = licences.LicenceTerms(
+        facility_id=terms.get("facility_id", world.bureau.id),
+        revision_id=terms.get("revision_id", world.revision["id"]),
+        prints=prints,
+        not_before=now,
+        expires_at=terms.get("expires_at", now + timedelta(days=30)),
+    )
+
+    def check(session: Any, brand: Any) -> licences.CheckedIssue:
+        signer = current_signer(session, services.keyring)
+        return licences.check_issue(
+            session, signer, services.tokens, brand.brand_id, licence_terms, actor="brand:x"
+        )
+
+    htu = world.api.settings.public_url + "/v1/licences"
+    credentials = Credentials(world.brand, None, "POST", htu)
+    return Request(credentials, (TokenKind.brand,), Deferred(check, record_licences))
+
+
+def test_a_batch_records_its_licences_by_one_insert_and_refusals_write_nothing(world, monkeypatch):
+    services = world.api.client.app.state.services
+    batch = [_issuance(world, prints=n) for n in (1, 2, 3)]
+    batch.insert(1, _issuance(world, revision_id="rev_unknown"))
+    batch.insert(3, _issuance(world, expires_at=utcnow() - timedelta(days=1)))
+    with _statements(services.engine, monkeypatch) as statements:
+        outcomes = commit(services, batch)
+    issued = [msgspec.json.decode(o) for o in outcomes if isinstance(o, bytes)]
+    assert [licence["prints_total"] for licence in issued] == [1, 2, 3]
+    assert [o.code for o in outcomes if isinstance(o, PartvaultError)] == [
+        "revision-not-found",
+        "licence-empty-lifetime",
+    ]
+    assert _starting(statements, "INSERT INTO licence") == 1
+    assert _starting(statements, "SAVEPOINT") == 0
+    for licence in issued:  # each one redeemable, and audited once
+        assert isinstance(commit(services, [_redemption(world, licence)])[0], bytes)
+        audited = _scalar(
+            world,
+            "SELECT count(*) FROM audit_entry WHERE event_type = 'licensing:licence:issued'"
+            " AND subject LIKE :s",
+            s=f"%{licence['jti']}%",
+        )
+        assert audited == 1
+
+
+def test_an_issuance_check_writes_nothing_whether_it_passes_or_refuses(world):
+    services = world.api.client.app.state.services
+    with services.transaction() as session:
+        brand = authenticate(session, world.brand)
+    cases = {
+        "passed": _issuance(world),
+        "revision-not-found": _issuance(world, revision_id="rev_unknown"),
+        "facility-not-found": _issuance(world, facility_id="fac_unknown"),
+        "licence-empty-lifetime": _issuance(world, expires_at=utcnow()),
+    }
+    for expected, request in cases.items():
+        assert isinstance(request.work, Deferred)
+        with services.transaction() as session:
+            before = _write_mark(session)
+            try:
+                request.work.check(session, brand)
+                outcome = "passed"
+            except PartvaultError as exc:
+                outcome = exc.code
+            assert (outcome, _write_mark(session)) == (expected, before)
