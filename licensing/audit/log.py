@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from inventory.db import metadata, utcnow
+from inventory.db import Prepared, insert_all, metadata, utcnow
 from licensing.audit import merkle
 from licensing.audit.checkpoint import NoteSigner, sign_checkpoint
 from licensing.audit.errors import AuditRangeError, AuditStorageError
@@ -32,7 +32,7 @@ from licensing.audit.events import (
     encode_subject,
 )
 from licensing.audit.merkle import CompactRange, Coord
-from licensing.audit.models import HEAD_ID, AuditCheckpoint
+from licensing.audit.models import HEAD_ID, AuditCheckpoint, AuditEntry, AuditNode
 
 MAX_ENTRIES_PAGE = 1000
 _entry = metadata.tables["audit_entry"]
@@ -94,40 +94,38 @@ class DbHashReader:
         params: dict[str, int] = {}
         for k, (level, index) in enumerate(ordered):
             params[f"l{k}"], params[f"i{k}"] = level, index
-        rows = self.session.execute(_nodes_query(len(ordered)), params).all()
+        rows = _nodes_query(len(ordered)).rows(self.session, params)
         self.queries += 1
         self.rows += len(rows)
         return {(lvl, idx): bytes(h) for lvl, idx, h in rows}
 
 
 @lru_cache(maxsize=256)
-def _nodes_query(count: int) -> sa.Select[tuple[int, int, bytes]]:
+def _nodes_query(count: int) -> Prepared:
     """SELECT ``count`` nodes by primary key; built and compiled once per count."""
     c = _node.c
     terms = [
         sa.and_(c.level == sa.bindparam(f"l{k}"), c.index == sa.bindparam(f"i{k}"))
         for k in range(count)
     ]
-    return sa.select(c.level, c.index, c.hash).where(sa.or_(*terms))
+    return Prepared(sa.select(c.level, c.index, c.hash).where(sa.or_(*terms)))
 
 
-_GROW_HEAD = (
+_GROW_HEAD = Prepared(
     sa.update(_head)
     .where(_head.c.id == HEAD_ID)
     .values(size=_head.c.size + sa.bindparam("count"))
     .returning(_head.c.size)
 )
-_INSERT_ENTRIES = sa.insert(_entry)
-_INSERT_NODES = sa.insert(_node)
 
 
 def _reserve(session: Session, count: int) -> int:
     """Lock the head, grow it by ``count`` and return the first new index."""
-    new_size = session.execute(_GROW_HEAD, {"count": count}).scalar_one_or_none()
-    if new_size is None:
+    grown = _GROW_HEAD.rows(session, {"count": count})
+    if not grown:
         _create_head(session)
-        new_size = session.execute(_GROW_HEAD, {"count": count}).scalar_one()
-    return int(new_size) - count
+        grown = _GROW_HEAD.rows(session, {"count": count})
+    return int(grown[0][0]) - count
 
 
 def _create_head(session: Session) -> None:
@@ -164,8 +162,8 @@ def append_events(session: Session, events: Sequence[AuditEvent]) -> list[AuditR
         completed = tree.append(receipt.leaf_hash)
         nodes += [{"level": lv, "index": ix, "hash": h} for lv, ix, h in completed]
         receipts.append(receipt)
-    session.execute(_INSERT_ENTRIES, entries)
-    session.execute(_INSERT_NODES, nodes)
+    insert_all(session, AuditEntry, entries)
+    insert_all(session, AuditNode, nodes)
     return receipts
 
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest.mock import patch
 
 import msgspec
 import pytest
@@ -85,6 +86,32 @@ def _crashing(request: Request) -> Request:
 
 
 @contextmanager
+def _statements(engine: sa.Engine) -> Iterator[list[str]]:
+    """Every statement run on `engine` while the block runs, prepared ones included."""
+    seen: list[str] = []
+
+    def on_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    on_driver = db._on_driver
+
+    def recording(connection: Any, sql: str, params: Any = None) -> Any:
+        seen.append(sql)
+        return on_driver(connection, sql, params)
+
+    sa.event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        with patch.object(db, "_on_driver", recording):
+            yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", on_execute)
+
+
+def _starting(statements: list[str], prefix: str) -> int:
+    return sum(statement.lstrip().startswith(prefix) for statement in statements)
+
+
+@contextmanager
 def _counting(engine: sa.Engine) -> Iterator[dict[str, int]]:
     """Count commits and audit-head updates on `engine` while the block runs."""
     counts = {"commits": 0, "head_updates": 0}
@@ -92,17 +119,13 @@ def _counting(engine: sa.Engine) -> Iterator[dict[str, int]]:
     def on_commit(_conn: Any) -> None:
         counts["commits"] += 1
 
-    def on_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith("UPDATE audit_head"):
-            counts["head_updates"] += 1
-
     sa.event.listen(engine, "commit", on_commit)
-    sa.event.listen(engine, "before_cursor_execute", on_execute)
     try:
-        yield counts
+        with _statements(engine) as statements:
+            yield counts
+            counts["head_updates"] = _starting(statements, "UPDATE audit_head")
     finally:
         sa.event.remove(engine, "commit", on_commit)
-        sa.event.remove(engine, "before_cursor_execute", on_execute)
 
 
 def _scalar(world: Any, sql: str, **params: Any) -> int:
@@ -550,37 +573,11 @@ def test_a_batch_claims_its_keys_before_it_locks_a_licence(world, pausing_counts
     assert _state(world, licence["jti"]) == (2, 2, 2)
 
 
-@contextmanager
-def _statements(engine: sa.Engine, monkeypatch: Any) -> Iterator[list[str]]:
-    """Every statement run on `engine` while the block runs, prepared ones included."""
-    seen: list[str] = []
-
-    def on_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    on_driver = db._on_driver
-
-    def recording(connection: Any, sql: str, params: Any = None) -> Any:
-        seen.append(sql)
-        return on_driver(connection, sql, params)
-
-    monkeypatch.setattr(db, "_on_driver", recording)
-    sa.event.listen(engine, "before_cursor_execute", on_execute)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", on_execute)
-
-
-def _starting(statements: list[str], prefix: str) -> int:
-    return sum(statement.lstrip().startswith(prefix) for statement in statements)
-
-
 def test_a_batch_counts_a_licence_once_and_inserts_its_jobs_at_once(world, monkeypatch):
     services = world.api.client.app.state.services
     licence = world.licence(prints=10)
     batch = [_redemption(world, licence) for _ in range(6)]
-    with _statements(services.engine, monkeypatch) as statements:
+    with _statements(services.engine) as statements:
         outcomes = commit(services, batch)
     assert all(isinstance(o, bytes) for o in outcomes), outcomes
     assert _starting(statements, "UPDATE licence") == 1
@@ -730,7 +727,7 @@ def test_a_batch_records_its_licences_by_one_insert_and_refusals_write_nothing(w
     batch = [_issuance(world, prints=n) for n in (1, 2, 3)]
     batch.insert(1, _issuance(world, revision_id="rev_unknown"))
     batch.insert(3, _issuance(world, expires_at=utcnow() - timedelta(days=1)))
-    with _statements(services.engine, monkeypatch) as statements:
+    with _statements(services.engine) as statements:
         outcomes = commit(services, batch)
     issued = [msgspec.json.decode(o) for o in outcomes if isinstance(o, bytes)]
     assert [licence["prints_total"] for licence in issued] == [1, 2, 3]
