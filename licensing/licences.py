@@ -428,7 +428,7 @@ def count_prints(session: Session, checked: Sequence[CheckedRedemption]) -> list
     a prepared Core statement and the licence stays a row: this runs for every
     print.
     """
-    outcomes: list[NewJob | Conflict] = [_EXHAUSTED] * len(checked)
+    outcomes: list[NewJob | Conflict | None] = [None] * len(checked)
     by_licence: dict[str, list[int]] = {}
     for index, redemption in enumerate(checked):
         by_licence.setdefault(redemption.licence.jti, []).append(index)
@@ -450,10 +450,13 @@ def count_prints(session: Session, checked: Sequence[CheckedRedemption]) -> list
             prints_used=job.prints_used,
             **_royalty(checked[index].licence),
         )
-    return outcomes
+    return [_exhausted() if outcome is None else outcome for outcome in outcomes]
 
 
-_EXHAUSTED = Conflict("every print of this licence has been redeemed", code="licence-exhausted")
+def _exhausted() -> Conflict:
+    """The refusal of a redemption its licence has no print left for: a new one for
+    each request (a shared instance would gather the traceback of every raise)."""
+    return Conflict("every print of this licence has been redeemed", code="licence-exhausted")
 
 
 def _count(session: Session, jti: str, prints: int) -> list[int]:

@@ -605,6 +605,7 @@ def test_a_batch_asking_more_prints_than_remain_gets_them_in_order(world):
     outcomes = commit(services, [_redemption(world, licence) for _ in range(7)])
     granted = [msgspec.json.decode(o) for o in outcomes[:5]]
     assert all(isinstance(o, Conflict) and o.code == "licence-exhausted" for o in outcomes[5:])
+    assert outcomes[5] is not outcomes[6]  # raised apart: one shared error would pile tracebacks
     assert _state(world, licence["jti"]) == (6, 6, 6)
     audited = _audited_counts(world, licence["jti"])
     assert [used for _, used in audited] == [1, 2, 3, 4, 5, 6]
