@@ -195,9 +195,7 @@ def insert_if_absent(
     a conflicting insert by a concurrent, uncommitted transaction makes this
     wait for that transaction; SQLite serialises writers anyway.
     """
-    table: sa.Table = model.__table__  # type: ignore[attr-defined]
-    statement = _insert_ignoring(session.get_bind().dialect.name, table, key)
-    return bool(statement.rows(session, row))
+    return bool(insert_all_absent(session, model, [row], key))
 
 
 def insert_all_absent(
@@ -247,12 +245,6 @@ def delete_where(
         statement = sa.delete(table).where(key.in_(chosen.scalar_subquery()))
     result = session.execute(statement)
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-@lru_cache(maxsize=32)
-def _insert_ignoring(dialect: str, table: sa.Table, key: str) -> Prepared:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return Prepared(insert(table).on_conflict_do_nothing().returning(table.c[key]))
 
 
 @lru_cache(maxsize=256)

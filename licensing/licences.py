@@ -432,14 +432,12 @@ def count_prints(session: Session, checked: Sequence[CheckedRedemption]) -> list
     by_licence: dict[str, list[int]] = {}
     for index, redemption in enumerate(checked):
         by_licence.setdefault(redemption.licence.jti, []).append(index)
-    counted: list[tuple[CheckedRedemption, int]] = []
-    order: list[int] = []
+    counted: list[tuple[int, int]] = []  # (index, prints_used) of each print granted
     for jti in sorted(by_licence):
         indexes = by_licence[jti]
-        granted = _count(session, jti, len(indexes))
-        order += indexes[: len(granted)]
-        counted += [(checked[i], used) for i, used in zip(indexes, granted, strict=False)]
-    for index, job in zip(order, _new_jobs(session, counted), strict=True):
+        counted += zip(indexes, _count(session, jti, len(indexes)), strict=False)
+    jobs = _new_jobs(session, [(checked[index], used) for index, used in counted])
+    for (index, _), job in zip(counted, jobs, strict=True):
         outcomes[index] = job
         _audit(
             session,
