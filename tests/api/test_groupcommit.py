@@ -213,9 +213,9 @@ def _grouped(services: Any, requests: list[Request]) -> list[Any]:
     return asyncio.run(run_all())
 
 
-def test_proofs_arriving_while_a_batch_commits_are_checked_ahead_once(world, monkeypatch):
-    services = world.api.client.app.state.services
-    licence = world.licence(prints=8)
+def _counting_proof_checks(monkeypatch: Any) -> dict[str, int]:
+    """How often proofs are checked on arrival (`check_proof_ahead`) and in the
+    transaction (`verify_proof`, only for a proof not checked ahead)."""
     checks = {"inline": 0, "ahead": 0}
 
     def counting(where: str, check: Any) -> Any:
@@ -227,6 +227,13 @@ def test_proofs_arriving_while_a_batch_commits_are_checked_ahead_once(world, mon
 
     monkeypatch.setattr(facilities, "check_proof", counting("inline", facilities.check_proof))
     monkeypatch.setattr(auth, "check_proof", counting("ahead", auth.check_proof))
+    return checks
+
+
+def test_requests_arriving_while_a_batch_commits_share_the_next_transaction(world, monkeypatch):
+    services = world.api.client.app.state.services
+    licence = world.licence(prints=8)
+    checks = _counting_proof_checks(monkeypatch)
     committing, go_on = threading.Event(), threading.Event()
     first = _then_wait(_redemption(world, licence), committing, go_on)
     later = [_redemption(world, licence) for _ in range(7)]
@@ -236,7 +243,7 @@ def test_proofs_arriving_while_a_batch_commits_are_checked_ahead_once(world, mon
         while not committing.is_set():  # the first batch holds its transaction open
             await asyncio.sleep(0.005)
         queued = [asyncio.ensure_future(run_grouped(services, r)) for r in later]
-        while checks["ahead"] < len(later):  # checked while the first batch commits
+        while checks["ahead"] < 1 + len(later):  # all queued, their proofs checked
             await asyncio.sleep(0.005)
         go_on.set()
         return await asyncio.gather(alone, *queued)
@@ -244,24 +251,10 @@ def test_proofs_arriving_while_a_batch_commits_are_checked_ahead_once(world, mon
     with _counting(services.engine) as counts:
         outcomes = asyncio.run(asyncio.wait_for(redeem_all(), timeout=30))
     assert all(isinstance(o, bytes) for o in outcomes), outcomes
-    # nothing committed when the first came: checked in its transaction; the
-    # others were checked beside that commit, and not again in theirs
-    assert checks == {"inline": 1, "ahead": 7}
+    # each proof checked once, on arrival, and not again in its transaction
+    assert checks == {"inline": 0, "ahead": 8}
     assert counts["head_updates"] == 2
     assert _state(world, licence["jti"]) == (8, 8, 8)
-
-
-def test_requests_arriving_together_are_checked_in_their_transaction(world, monkeypatch):
-    services = world.api.client.app.state.services
-    licence = world.licence(prints=4)
-
-    def not_ahead(*_: Any, **__: Any) -> None:
-        raise AssertionError("checked in a thread hop with nothing committing beside it")
-
-    monkeypatch.setattr(auth, "check_proof", not_ahead)
-    outcomes = _grouped(services, [_redemption(world, licence) for _ in range(4)])
-    assert all(isinstance(o, bytes) for o in outcomes), outcomes
-    assert _state(world, licence["jti"]) == (4, 4, 4)
 
 
 def test_a_proof_checked_ahead_is_refused_in_the_same_order_as_inline(world):
