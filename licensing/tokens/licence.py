@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Annotated
 
 import msgspec
@@ -167,12 +168,25 @@ def verify_licence(
     kid = header.get("kid")
     if not isinstance(kid, str) or (key := key_lookup(kid)) is None:
         raise LICENCE.fail("kid-unknown", "not signed by a known partvault key")
-    claims = decode_claims(verify_signature(token, key, LICENCE), _LicencePayload, LICENCE)
+    claims = _signed_claims(token, key.public_bytes_raw())
     _check_context(claims, issuer=issuer, audience=audience)
     check_lifetime(
         iat=claims.iat, nbf=claims.nbf, exp=claims.exp, now=now, leeway=leeway, kind=LICENCE
     )
     return _result(kid, claims)
+
+
+@lru_cache(maxsize=1024)
+def _signed_claims(token: str, public_key: bytes) -> _LicencePayload:
+    """The claims of `token`, whose signature the Ed25519 `public_key` verifies.
+
+    Remembered by token and key (a refusal is not): a facility redeems one
+    licence print after print, and the signature check (0.1 ms) was repeated
+    in every transaction, on the thread that commits them all. Issuer,
+    audience and lifetime are still checked at each use.
+    """
+    key = Ed25519PublicKey.from_public_bytes(public_key)
+    return decode_claims(verify_signature(token, key, LICENCE), _LicencePayload, LICENCE)
 
 
 def _check_context(claims: _LicencePayload, *, issuer: str | None, audience: str | None) -> None:

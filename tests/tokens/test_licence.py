@@ -260,6 +260,21 @@ def test_expired_licence_is_forbidden(licence: str, verify: Any, tools: SimpleNa
     assert verify(licence, now=tools.NOW + timedelta(hours=2, seconds=29))  # within leeway
 
 
+def test_a_licence_verified_before_is_checked_again_at_each_use(
+    licence: str, verify: Any, tools: SimpleNamespace
+) -> None:
+    assert verify(licence)  # its signature is now remembered with our key
+    late = tools.NOW + timedelta(hours=3)
+    tools.expect(lambda: verify(licence, now=late), 403, "licence-expired")
+    elsewhere = "https://elsewhere.example/v1/licences"
+    tools.expect(lambda: verify(licence, audience=elsewhere), 403, "licence-audience-mismatch")
+    stranger = Ed25519PrivateKey.generate().public_key()
+    tools.expect(
+        lambda: verify(licence, key_lookup=lambda _: stranger), 401, "licence-signature-invalid"
+    )
+    assert verify(licence)
+
+
 def test_not_yet_valid_licence_is_forbidden(
     licence: str, verify: Any, tools: SimpleNamespace
 ) -> None:
