@@ -354,6 +354,10 @@ def writer_turn(engine: sa.Engine) -> AbstractContextManager[object]:
     return SqliteWriterTurn(database + "-writer.lock")
 
 
+#: How long a process about to take the writer turn again leaves it to a waiting one.
+FAIR_TURN_SECONDS = 0.02
+
+
 class SqliteWriterTurn:
     """Turns at a SQLite database's single writer lock, for every thread and
     process of partvault (every transaction begins IMMEDIATE, reads included).
@@ -363,9 +367,14 @@ class SqliteWriterTurn:
     (measured with two server processes: redemption p99 300 ms). Here the
     threads of a process queue on a lock and one of them at a time polls an
     exclusive ``flock`` of the lock file next to the database, in steps of at
-    most 1 ms: the next writer starts within a millisecond. SQLite's lock stays
-    the authority; programs that do not take turns still meet its busy timeout.
-    Re-entrant in the thread that holds the turn.
+    most 1 ms: the next writer starts within a millisecond. A process that
+    found the turn taken says so with a shared ``flock`` of a second file
+    (``…-waiting``) while it polls, and a process about to take the turn again
+    first lets such a waiter go (`_let_waiters_go`): a process committing batch
+    after batch would otherwise take the turn back before the other's next
+    poll, every time (measured: p99 250-350 ms with two processes). SQLite's
+    lock stays the authority; programs that do not take turns still meet its
+    busy timeout. Re-entrant in the thread that holds the turn.
     """
 
     def __init__(self, path: str, timeout: float = SQLITE_BUSY_SECONDS) -> None:
@@ -374,6 +383,7 @@ class SqliteWriterTurn:
         self._thread_turn = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
+        self._waiting_fd: int | None = None
 
     def __enter__(self) -> None:
         self._thread_turn.acquire()
@@ -394,24 +404,52 @@ class SqliteWriterTurn:
             self._thread_turn.release()
 
     def close(self) -> None:
-        """Close the lock file (a later turn opens it again)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Close the lock files (a later turn opens them again)."""
+        for fd in (self._fd, self._waiting_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._waiting_fd = None
 
     def _take_file_lock(self) -> None:
-        if self._fd is None:
+        if self._fd is None or self._waiting_fd is None:
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline, pause = time.monotonic() + self._timeout, 0.0001
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise Unavailable("the database stayed busy", code="database-busy") from None
-                time.sleep(pause)
+            self._waiting_fd = os.open(self._path + "-waiting", os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self._timeout
+        self._let_waiters_go(deadline)
+        waiting, pause = False, 0.0001
+        try:
+            while not _try_flock(self._fd, fcntl.LOCK_EX):
+                waiting = waiting or _try_flock(self._waiting_fd, fcntl.LOCK_SH)
+                _pause_until(deadline, pause)
                 pause = min(pause * 2, 0.001)
+        finally:
+            if waiting:
+                fcntl.flock(self._waiting_fd, fcntl.LOCK_UN)
+
+    def _let_waiters_go(self, deadline: float) -> None:
+        """While another process waits for a turn (holds ``…-waiting``), and for
+        at most `FAIR_TURN_SECONDS`, leave the turn to it."""
+        assert self._waiting_fd is not None
+        until = min(deadline, time.monotonic() + FAIR_TURN_SECONDS)
+        while not _try_flock(self._waiting_fd, fcntl.LOCK_EX):
+            if time.monotonic() > until:
+                return
+            time.sleep(0.0002)
+        fcntl.flock(self._waiting_fd, fcntl.LOCK_UN)
+
+
+def _try_flock(fd: int, operation: int) -> bool:
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _pause_until(deadline: float, pause: float) -> None:
+    if time.monotonic() > deadline:
+        raise Unavailable("the database stayed busy", code="database-busy")
+    time.sleep(pause)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,36 @@ def test_turns_exclude_each_other_across_open_files(tmp_path: Path) -> None:
     assert events == ["first out", "second in"]
     first.close()
     second.close()
+
+
+def test_a_waiting_process_gets_the_next_turn(tmp_path: Path) -> None:
+    """A writer taking turn after turn (a committing thread, batch after batch)
+    lets a waiting process in after its current turn, instead of taking the
+    lock back before the waiter's next poll, again and again."""
+    path = str(tmp_path / "pv.db-writer.lock")
+    busy, waiter = SqliteWriterTurn(path), SqliteWriterTurn(path, timeout=2.0)
+    stop, turns = threading.Event(), [0]
+
+    def turn_after_turn() -> None:
+        while not stop.is_set():
+            with busy:
+                turns[0] += 1
+                time.sleep(0.001)  # a transaction
+
+    hammer = threading.Thread(target=turn_after_turn)
+    hammer.start()
+    try:
+        while turns[0] < 5:
+            time.sleep(0.001)
+        started = time.monotonic()
+        with waiter:
+            waited = time.monotonic() - started
+    finally:
+        stop.set()
+        hammer.join(10)
+    assert waited < 0.1
+    busy.close()
+    waiter.close()
 
 
 def _hold_for(
