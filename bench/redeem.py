@@ -27,7 +27,8 @@ N connections (much cheaper per request than httpx, so the client steals as
 little as possible of the 2 cores it shares with the server). DPoP proofs are
 signed before the redemption phases start, so their cost is not counted (it is
 printed separately). Prints each rate with its latency (median and 99th
-percentile, as the client sees it) and the ratios issuance/trivial (goal
+percentile, as the client sees it) and the cores the server's processes and
+the whole machine kept busy (read from /proc: Linux only), and the ratios issuance/trivial (goal
 >= 0.3) and redemption/trivial (goal >= 0.2), and of each keyed phase to its
 unkeyed one. It also splits a redemption's server time into HTTP (the refused
 phase) and work, next to what the goal leaves the work.
@@ -340,20 +341,51 @@ async def _drive(port: int, raws: list[bytes], connections: int, seconds: float)
 
 
 def measure(
-    port: int, raws: list[bytes], connections: int, seconds: float, label: str, expect: int = 0
+    server: Server,
+    raws: list[bytes],
+    connections: int,
+    seconds: float,
+    label: str,
+    expect: int = 0,
 ) -> float:
-    """Requests per second of one phase; every answer must be a 2xx (or `expect`)."""
-    run = asyncio.run(_drive(port, raws, connections, seconds))
+    """Requests per second of one phase; every answer must be a 2xx (or `expect`).
+
+    Also prints the cores the server's processes kept busy during the phase, and
+    the whole machine (server, load generator, database server): a server at
+    about one core while the machine has one to spare is bound by one process's
+    GIL, not by the hardware."""
+    cpu, busy = _server_cpu(server), _machine_busy()
+    run = asyncio.run(_drive(server.port, raws, connections, seconds))
+    cpu, busy = _server_cpu(server) - cpu, _machine_busy() - busy
     rate = run.done / run.elapsed
     bad = {s: n for s, n in run.statuses.items() if s != expect and not 200 <= s < 300}
     print(
         f"  {label:<28} {run.done:6d} requests in {run.elapsed:5.2f} s = {rate:8.1f} req/s"
         f"  latency p50 {run.percentile(0.5) * 1e3:5.1f} ms, p99 {run.percentile(0.99) * 1e3:6.1f} ms"
+        f"  cores: server {cpu / run.elapsed:4.2f}, machine {busy / run.elapsed:4.2f}"
         + (f"  NON-2xx: {bad}" if bad else "")
     )
     if bad:
         raise SystemExit(f"{label}: unexpected statuses {bad}")
     return rate
+
+
+def _server_cpu(server: Server) -> float:
+    """CPU seconds the server's processes (supervisor and workers) used so far."""
+    root = server.proc.pid
+    workers = Path(f"/proc/{root}/task/{root}/children").read_text().split()
+    return sum(_process_cpu(int(pid)) for pid in [root, *workers])
+
+
+def _process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy() -> float:
+    """CPU seconds all cores have spent neither idle nor waiting for I/O."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- phases
@@ -434,37 +466,37 @@ def bench(server: Server, tenant: Tenant, connections: int, seconds: float) -> d
     port = server.port
     health = [Request("GET", "/health", {}).encode(port)]
     # warm every worker (imports, pools, caches) before measuring anything
-    measure(port, health * 2000, connections, 2, "warm-up /health")
+    measure(server, health * 2000, connections, 2, "warm-up /health")
     measure(
-        port,
+        server,
         [r.encode(port) for r in issue_requests(tenant, 200)],
         connections,
         2,
         "warm-up issuance",
     )
-    rates = {"trivial": measure(port, health * 10**6, connections, seconds, "(a) GET /health")}
+    rates = {"trivial": measure(server, health * 10**6, connections, seconds, "(a) GET /health")}
     # for context only: the cheapest endpoint that touches the database (a thread + SELECT 1)
     ready = [Request("GET", "/ready", {}).encode(port)]
-    rates["ready"] = measure(port, ready * 10**6, connections, seconds, "(info) GET /ready")
+    rates["ready"] = measure(server, ready * 10**6, connections, seconds, "(info) GET /ready")
     issue = [r.encode(port) for r in issue_requests(tenant, 1)]
-    rates["issue"] = measure(port, issue * 10**6, connections, seconds, "(b) POST /v1/licences")
+    rates["issue"] = measure(server, issue * 10**6, connections, seconds, "(b) POST /v1/licences")
     # proofs are valid for 60 s: sign enough for the phase, just before it
     estimate = int(max(rates["issue"], 50) * seconds * 3) + 500
     redeem, sign_cost = redeem_requests(server, tenant, estimate)
     raws = [r.encode(port) for r in redeem]
-    rates["redeem"] = measure(port, raws, connections, seconds, "(c) POST .../redeem")
+    rates["redeem"] = measure(server, raws, connections, seconds, "(c) POST .../redeem")
     raws = [r.encode(port) for r in refused(redeem[:1])]
     label = "(info) (c) refused: bad body"
-    rates["http"] = measure(port, raws * 10**6, connections, seconds, label, expect=422)
+    rates["http"] = measure(server, raws * 10**6, connections, seconds, label, expect=422)
     issue = [r.encode(port) for r in keyed(issue_requests(tenant, estimate))]
-    rates["issue_keyed"] = measure(port, issue, connections, seconds, "(d) (b) + Idempotency-Key")
+    rates["issue_keyed"] = measure(server, issue, connections, seconds, "(d) (b) + Idempotency-Key")
     redeem, _ = redeem_requests(server, tenant, estimate)
     raws = [r.encode(port) for r in keyed(redeem)]
-    rates["redeem_keyed"] = measure(port, raws, connections, seconds, "(e) (c) + Idempotency-Key")
+    rates["redeem_keyed"] = measure(server, raws, connections, seconds, "(e) (c) + Idempotency-Key")
     redeem, _ = redeem_requests(server, tenant, estimate, spread=SPREAD)
     raws = [r.encode(port) for r in redeem]
     label = f"(f) (c) over {SPREAD} licences"
-    rates["redeem_spread"] = measure(port, raws, connections, seconds, label)
+    rates["redeem_spread"] = measure(server, raws, connections, seconds, label)
     print(f"  client-side proof signing: {sign_cost * 1e6:.0f} us per proof (not counted)")
     return rates
 
