@@ -28,9 +28,9 @@ little as possible of the 2 cores it shares with the server). DPoP proofs are
 signed before the redemption phases start, so their cost is not counted (it is
 printed separately). Prints each rate with its latency (median and 99th
 percentile, as the client sees it) and the cores the server's processes and
-the whole machine kept busy (read from /proc: Linux only), and the ratios issuance/trivial (goal
->= 0.3) and redemption/trivial (goal >= 0.2), and of each keyed phase to its
-unkeyed one. It also splits a redemption's server time into HTTP (the refused
+the whole machine kept busy (read from /proc: Linux only), the ratios
+issuance/trivial (goal >= 0.3) and redemption/trivial (goal >= 0.2), and of
+each keyed phase to its unkeyed one. It also splits a redemption's server time into HTTP (the refused
 phase) and work, next to what the goal leaves the work.
 """
 

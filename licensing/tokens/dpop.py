@@ -136,7 +136,7 @@ def check_proof(
     """Every check of `verify_proof` that needs no database, refusals recorded, not raised.
 
     Pure CPU (the signature check runs without the GIL), so a server can run it
-    on another thread, before the request takes its turn to write.
+    on arrival, before the request waits for its transaction.
     """
     try:
         key, jkt = _header_key(header_segment(proof, DPOP))
