@@ -12,6 +12,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from api.auth import DEPENDENCIES
 from api.config import Settings
 from api.dispatch import DispatcherTask
+from api.groupcommit import start_committing, stop_committing
 from api.housekeeping import HousekeepingTask
 from api.logs import configure_logging, request_id_middleware
 from api.problems import EXCEPTION_HANDLERS
@@ -74,8 +75,14 @@ def build_app(*, max_json_bytes: int) -> Litestar:
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
-        on_startup=[_load_mesh_stack, _start_dispatcher, _start_housekeeping, _freeze_heap],
-        on_shutdown=[_stop_housekeeping, _stop_dispatcher, _close_services],
+        on_startup=[
+            _load_mesh_stack,
+            _start_committing,
+            _start_dispatcher,
+            _start_housekeeping,
+            _freeze_heap,
+        ],
+        on_shutdown=[_stop_housekeeping, _stop_dispatcher, _stop_committing, _close_services],
         debug=False,
         logging_config=None,
     )
@@ -103,6 +110,15 @@ def _freeze_heap(app: Litestar) -> None:
     if gc.get_freeze_count() == 0:
         gc.collect()
         gc.freeze()
+
+
+def _start_committing(app: Litestar) -> None:
+    """Start the process's committing process (`api.committer`) before the first request."""
+    start_committing(app.state.services)
+
+
+def _stop_committing(app: Litestar) -> None:
+    stop_committing(app.state.services)
 
 
 async def _start_dispatcher(app: Litestar) -> None:

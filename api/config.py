@@ -88,6 +88,12 @@ SETTINGS: dict[str, Setting] = {
     "webhook_poll_interval": Setting(
         "PARTVAULT_WEBHOOK_POLL_INTERVAL", "seconds between idle outbox polls", lambda d: "1"
     ),
+    "group_commit": Setting(
+        "PARTVAULT_GROUP_COMMIT",
+        "where a server process commits its issuance and redemption batches:"
+        " process (a committing process of its own) or thread",
+        lambda d: "process",
+    ),
     "prune_interval": Setting(
         "PARTVAULT_PRUNE_INTERVAL",
         "seconds between deletions of expired proof identifiers and Idempotency-Keys (0: never)",
@@ -108,6 +114,7 @@ BOOL_SETTINGS = {"webhook_dispatcher", "webhook_allow_http"}
 FLOAT_SETTINGS = {"webhook_timeout", "webhook_poll_interval", "prune_interval"}
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
+CHOICES = {"group_commit": ("process", "thread")}
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,7 @@ class Settings:
     webhook_retry_delays: tuple[float, ...]
     webhook_timeout: float
     webhook_poll_interval: float
+    group_commit: str
     prune_interval: float
 
     @classmethod
@@ -160,6 +168,8 @@ def _convert(name: str, raw: str) -> Any:
         return _boolean(name, raw)
     if name in FLOAT_SETTINGS:
         return _seconds(name, raw)
+    if name in CHOICES:
+        return _choice(name, raw)
     if name == "webhook_retry_delays":
         return tuple(_seconds(name, part) for part in raw.split(","))
     if name not in INT_SETTINGS:
@@ -178,6 +188,15 @@ def _boolean(name: str, raw: str) -> bool:
     if word not in TRUE_WORDS | FALSE_WORDS:
         raise SystemExit(f"{SETTINGS[name].env} must be on or off, got {raw!r}")
     return word in TRUE_WORDS
+
+
+def _choice(name: str, raw: str) -> str:
+    word = raw.strip().lower()
+    if word not in CHOICES[name]:
+        raise SystemExit(
+            f"{SETTINGS[name].env} must be one of {', '.join(CHOICES[name])}, got {raw!r}"
+        )
+    return word
 
 
 def _seconds(name: str, raw: str) -> float:

@@ -4,9 +4,10 @@ Licence issuance and redemption without an Idempotency-Key are each a few
 statements and one commit; alone, the commit (an fsync on SQLite, the audit
 head's row lock on PostgreSQL) and the statements that every request repeats
 (token, facility, licence, certifications) dominate. So requests queue, and
-one committing thread per process takes everything queued and runs it in one
-transaction, then the next batch at once, while the event loop answers the
-batch before. A request's DPoP proof is checked on arrival, on the event
+each server process takes everything queued and runs it in one transaction,
+then the next batch at once, while the event loop answers the batch before:
+in a committing process of its own (`api.committer`, the default), or on one
+committing thread. A request's DPoP proof is checked on arrival, on the event
 loop, as far as it can be without the database (`api.auth.check_proof_ahead`):
 the signature check runs without the GIL, beside the batch that commits,
 and outside the writer turn that server processes take one at a time.
@@ -59,6 +60,7 @@ import msgspec
 from sqlmodel import Session
 
 from api.auth import Credentials, authorize, check_proof_ahead
+from api.committer import CommittingProcess
 from api.problems import problem_body
 from api.services import Services
 from inventory.accounts import Principal, TokenKind, hash_token
@@ -82,23 +84,19 @@ C = TypeVar("C")
 class Deferred(Generic[C]):
     """A request's work in two steps, so that a batch writes once for all its requests.
 
-    `check` runs for each request and only reads: it refuses (raises) before
-    anything is written, so a refused request rolls nothing back and needs no
-    savepoint. `apply` then runs once for the checked requests of a batch that
-    share it, and gives each its result or its refusal (a `PartvaultError`,
-    returned, not raised), in order; it raises only for a fault, which fails
-    the batch. Called as a plain function (as `api.idempotency.run_idempotent`
-    does), it is both steps for one request.
+    `check` runs for each request, on the services of the process that commits
+    (its keyring and token context), and only reads: it refuses (raises)
+    before anything is written, so a refused request rolls nothing back and
+    needs no savepoint. `apply` then runs once for the checked requests of a
+    batch that share it, and gives each its result or its refusal (a
+    `PartvaultError`, returned, not raised), in order; it raises only for a
+    fault, which fails the batch. Both must pickle (module-level functions,
+    or partials of them over picklable values): a batch crosses to the
+    committing process (`api.committer`).
     """
 
-    check: Callable[[Session, Principal], C]
+    check: Callable[[Services, Session, Principal], C]
     apply: Callable[[Session, list[C]], list[Any]]
-
-    def __call__(self, session: Session, principal: Principal) -> Any:
-        outcome = self.apply(session, [self.check(session, principal)])[0]
-        if isinstance(outcome, PartvaultError):
-            raise outcome
-        return outcome
 
 
 @dataclass(frozen=True)
@@ -144,6 +142,28 @@ class _Queue:
 
 
 _queues: WeakKeyDictionary[Services, _Queue] = WeakKeyDictionary()
+_processes: WeakKeyDictionary[Services, CommittingProcess] = WeakKeyDictionary()
+
+
+def start_committing(services: Services) -> None:
+    """Start the committing process of `services` now (with
+    ``PARTVAULT_GROUP_COMMIT=process``), so the first request does not wait for it."""
+    if services.settings.group_commit == "process":
+        _committing_process(services).start()
+
+
+def stop_committing(services: Services) -> None:
+    """Stop the committing process of `services`, if it has one."""
+    process = _processes.pop(services, None)
+    if process is not None:
+        process.stop()
+
+
+def _committing_process(services: Services) -> CommittingProcess:
+    process = _processes.get(services)
+    if process is None:
+        process = _processes[services] = CommittingProcess(services.settings, MAX_BATCH)
+    return process
 
 
 async def run_grouped(services: Services, request: Request) -> bytes | Replay:
@@ -152,13 +172,17 @@ async def run_grouped(services: Services, request: Request) -> bytes | Replay:
 
     The request's DPoP proof is checked first, as far as it can be without the
     database (`api.auth.check_proof_ahead`), here on the event loop: its
-    signature check releases the GIL, so the committing thread runs meanwhile,
-    and the transaction then only finishes the check."""
+    signature check releases the GIL, so a committing thread runs meanwhile,
+    and the transaction then only finishes the check. The batch commits in
+    the process's committing process (``PARTVAULT_GROUP_COMMIT=process``, see
+    `api.committer`) or on its committing thread."""
+    request = replace(request, credentials=check_proof_ahead(request.credentials))
+    if services.settings.group_commit == "process":
+        return await _committing_process(services).run(request)
     loop = asyncio.get_running_loop()
     queue = _queues.get(services)
     if queue is None or queue.loop is not loop:
         queue = _queues[services] = _Queue(loop)
-    request = replace(request, credentials=check_proof_ahead(request.credentials))
     answer: asyncio.Future[bytes | Replay] = loop.create_future()
     with queue.ready:
         queue.waiting.append((request, answer))
@@ -259,12 +283,12 @@ def _commit_together(services: Services, batch: list[Request]) -> list[Outcome]:
                     admitted[index] = admission
                 else:
                     outcomes[index] = admission
-            outcomes |= _work_all(session, batch, admitted)
+            outcomes |= _work_all(services, session, batch, admitted)
     return [outcomes[index] for index in range(len(batch))]
 
 
 def _work_all(
-    session: Session, batch: list[Request], admitted: dict[int, _Admitted]
+    services: Services, session: Session, batch: list[Request], admitted: dict[int, _Admitted]
 ) -> dict[int, bytes | PartvaultError]:
     """The second pass: every admitted request's check, in `_lock_order` (reads
     only, so a refusal rolls nothing back), then each `apply` once for all the
@@ -276,7 +300,7 @@ def _work_all(
     for index in sorted(admitted, key=lambda i: (_lock_order(batch[i]), i)):
         request, admission = batch[index], admitted[index]
         try:
-            value = request.work.check(session, admission.principal)
+            value = request.work.check(services, session, admission.principal)
         except PartvaultError as exc:
             outcomes[index] = _answer(session, request, admission, exc)
             continue

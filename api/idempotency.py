@@ -55,7 +55,7 @@ class CreatingPost:
     key: str | None
     path: str
     payload: Any
-    work: Callable[[Session, Principal], Any]
+    work: Callable[[Session, Principal], Any] | Deferred[Any]
     status_code: int = 201
     key_required: bool = False
     method: str = "POST"
@@ -95,6 +95,8 @@ def _fingerprint(post: CreatingPost) -> str:
 def run_idempotent(services: Services, post: CreatingPost) -> Response[bytes]:
     """Authorize the caller, then run the work once per (token, key) (a missing key
     is 400); replay its stored response afterwards."""
+    if isinstance(post.work, Deferred):
+        raise TypeError("Deferred work runs in the group commit only")
     with services.transaction() as session:
         principal = authorize(session, post.credentials, post.kinds)
         key = idempotency.require_key(post.key)

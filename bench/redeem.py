@@ -371,10 +371,18 @@ def measure(
 
 
 def _server_cpu(server: Server) -> float:
-    """CPU seconds the server's processes (supervisor and workers) used so far."""
-    root = server.proc.pid
-    workers = Path(f"/proc/{root}/task/{root}/children").read_text().split()
-    return sum(_process_cpu(int(pid)) for pid in [root, *workers])
+    """CPU seconds the server's processes (supervisor, workers and their committing
+    processes) used so far."""
+    return sum(_process_cpu(pid) for pid in _process_tree(server.proc.pid))
+
+
+def _process_tree(pid: int) -> list[int]:
+    children = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    return [pid, *(p for child in children for p in _process_tree(child))]
 
 
 def _process_cpu(pid: int) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from litestar import Response, get, post
@@ -11,6 +12,7 @@ from api.auth import Auth, Creds, Svc
 from api.groupcommit import Deferred
 from api.idempotency import CreatingPost, IdempotencyKey, run_creating
 from api.schemas import LicenceIn, LicenceOut, PrintJobOut, PrintReport, RedeemIn, StatusChange
+from api.services import Services
 from inventory.accounts import Principal, TokenKind
 from inventory.db import utcnow
 from inventory.errors import PartvaultError
@@ -35,27 +37,25 @@ async def issue_licence(
         not_before=data.not_before or utcnow(),
         expires_at=data.expires_at,
     )
-
-    def check(session: Any, brand: Principal) -> licences.CheckedIssue:
-        signer = current_signer(session, services.keyring)
-        return licences.check_issue(
-            session,
-            signer,
-            services.tokens,
-            brand.brand_id or "",
-            terms,
-            actor=f"brand:{brand.brand_id}",
-        )
-
     post = CreatingPost(
         credentials=credentials,
         kinds=(TokenKind.brand,),
         key=idempotency_key,
         path="/v1/licences",
         payload=data,
-        work=Deferred(check, record_licences),
+        work=Deferred(partial(check_issue, terms), record_licences),
     )
     return await run_creating(services, post)
+
+
+def check_issue(
+    terms: LicenceTerms, services: Services, session: Any, brand: Principal
+) -> licences.CheckedIssue:
+    """Check an issuance (in the committing process: a module-level function pickles)."""
+    signer = current_signer(session, services.keyring)
+    return licences.check_issue(
+        session, signer, services.tokens, brand.brand_id or "", terms, actor=brand.actor
+    )
 
 
 def record_licences(session: Any, checked: list[licences.CheckedIssue]) -> list[LicenceOut]:
@@ -98,21 +98,22 @@ async def redeem_licence(
 ) -> Response[bytes]:
     """Count one print (if any remain) and open its print job; the facility's
     proof of possession is checked with its token, in the same transaction."""
-
-    def check(session: Any, facility: Principal) -> licences.CheckedRedemption:
-        return licences.check_redemption(
-            session, facility, jti, data.licence, context=services.tokens
-        )
-
     post = CreatingPost(
         credentials=credentials,
         kinds=(TokenKind.facility,),
         key=idempotency_key,
         path=f"/v1/licences/{jti}/redeem",
         payload=data,
-        work=Deferred(check, count_redemptions),
+        work=Deferred(partial(check_redemption, jti, data.licence), count_redemptions),
     )
     return await run_creating(services, post)
+
+
+def check_redemption(
+    jti: str, token: str, services: Services, session: Any, facility: Principal
+) -> licences.CheckedRedemption:
+    """Check a redemption (in the committing process: a module-level function pickles)."""
+    return licences.check_redemption(session, facility, jti, token, context=services.tokens)
 
 
 def count_redemptions(

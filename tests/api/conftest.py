@@ -63,7 +63,14 @@ def settings(
         url = f"sqlite:///{data_dir / 'partvault.db'}"
     else:
         url = _pg_emptied(templates["postgresql"])
-    env = {"PARTVAULT_DATA_DIR": str(data_dir), "PARTVAULT_DATABASE_URL": url}
+    env = {
+        "PARTVAULT_DATA_DIR": str(data_dir),
+        "PARTVAULT_DATABASE_URL": url,
+        # in-process apps commit on a thread: a committing process per test would cost
+        # a second or two each; test_committer.py and the tests that start the real
+        # server (default: a committing process) cover the process
+        "PARTVAULT_GROUP_COMMIT": "thread",
+    }
     yield Settings.from_env(env)
 
 

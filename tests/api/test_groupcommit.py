@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 from unittest.mock import patch
 
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from api import auth
 from api.auth import Credentials, check_proof_ahead
 from api.groupcommit import Deferred, Once, Outcome, Request, commit, run_grouped
-from api.routes.licences import count_redemptions, record_licences
+from api.routes.licences import check_issue, check_redemption, count_redemptions, record_licences
 from api.schemas import RedeemIn
 from inventory import db
 from inventory.accounts import TokenKind, authenticate
@@ -35,7 +36,7 @@ from inventory.errors import Conflict, Invalid, PartvaultError, Unauthorized
 from licensing import facilities, licences
 from licensing.orders import idempotency
 from licensing.orders.idempotency import Replay
-from licensing.tokens import current_signer, make_proof
+from licensing.tokens import make_proof
 
 FACILITY = (TokenKind.facility,)
 
@@ -45,7 +46,6 @@ def _redemption(
 ) -> Request:
     """A redemption of `licence` by the world's bureau (with Idempotency-Key `key`),
     as the route queues it."""
-    services = world.api.client.app.state.services
     path = f"/v1/licences/{licence['jti']}/redeem"
     htu = world.api.settings.public_url + path
     proof = proof or make_proof(
@@ -56,16 +56,12 @@ def _redemption(
         now=utcnow(),
     )
 
-    def check(session: Any, facility: Any) -> licences.CheckedRedemption:
-        return licences.check_redemption(
-            session, facility, licence["jti"], licence["token"], context=services.tokens
-        )
-
     once = None
     if key is not None:
         payload = msgspec.json.encode(RedeemIn(licence=licence["token"]))
         once = Once(key, idempotency.fingerprint("POST", path, payload), path, 201, "req-test")
     credentials = Credentials(world.bureau.token, proof, "POST", htu)
+    check = partial(check_redemption, licence["jti"], licence["token"])
     return Request(credentials, FACILITY, Deferred(check, count_redemptions), once)
 
 
@@ -455,7 +451,7 @@ def test_a_lone_request_that_lost_a_deadlock_is_run_again(world):
     assert isinstance(outcome, bytes) and len(runs) == 3
     assert _state(world, licence["jti"]) == (1, 1, 1) and _keys(world) == {"dl": ("done", 201)}
 
-    def buggy(session: Any, facility: Any) -> Any:
+    def buggy(services: Any, session: Any, facility: Any) -> Any:
         runs.append(1)
         raise RuntimeError("not a deadlock")
 
@@ -548,9 +544,9 @@ def test_a_batch_claims_its_keys_before_it_locks_a_licence(world, pausing_counts
     retry = _redemption(world, licence, key="quick-retry")
     batch = [_redemption(world, licence), original]
 
-    def claimed_then_check(session: Any, facility: Any) -> Any:
+    def claimed_then_check(services: Any, session: Any, facility: Any) -> Any:
         retry_claimed.set()
-        return retry.work.check(session, facility)
+        return retry.work.check(services, session, facility)
 
     def run_retry() -> list[Outcome]:
         counted.wait(timeout=5)
@@ -695,7 +691,6 @@ def test_a_replayed_proof_outranks_only_a_refusal_of_the_role(world):
 
 def _issuance(world: Any, prints: int = 1, **terms: Any) -> Request:
     """An issuance by the world's brand, as the route queues it."""
-    services = world.api.client.app.state.services
     now = utcnow()
     licence_terms = licences.LicenceTerms(
         facility_id=terms.get("facility_id", world.bureau.id),
@@ -705,14 +700,9 @@ def _issuance(world: Any, prints: int = 1, **terms: Any) -> Request:
         expires_at=terms.get("expires_at", now + timedelta(days=30)),
     )
 
-    def check(session: Any, brand: Any) -> licences.CheckedIssue:
-        signer = current_signer(session, services.keyring)
-        return licences.check_issue(
-            session, signer, services.tokens, brand.brand_id, licence_terms, actor="brand:x"
-        )
-
     htu = world.api.settings.public_url + "/v1/licences"
     credentials = Credentials(world.brand, None, "POST", htu)
+    check = partial(check_issue, licence_terms)
     return Request(credentials, (TokenKind.brand,), Deferred(check, record_licences))
 
 
@@ -757,7 +747,7 @@ def test_an_issuance_check_writes_nothing_whether_it_passes_or_refuses(world):
         with services.transaction() as session:
             before = _write_mark(session)
             try:
-                request.work.check(session, brand)
+                request.work.check(services, session, brand)
                 outcome = "passed"
             except PartvaultError as exc:
                 outcome = exc.code
