@@ -23,11 +23,14 @@ process.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +97,7 @@ class CommittingProcess:
         self._ignore_pipe()
         self._loop = loop
         if self._pipe is not None:
-            loop.add_reader(self._pipe.fileno(), self._receive)
+            _read_on(loop, self._pipe, self._receive)
 
     def _ignore_pipe(self) -> None:
         if self._loop is not None and self._pipe is not None and not self._loop.is_closed():
@@ -129,7 +132,11 @@ class CommittingProcess:
             outcomes: list[Outcome] = self._pipe.recv()
         except (OSError, EOFError):
             if batch:
-                logger.error("the committing process stopped during a batch of %d", len(batch))
+                logger.error(
+                    "the committing process stopped during a batch of %d (exit code %s)",
+                    len(batch),
+                    _exit_code(self._process),
+                )
             _settle_all(batch, [_unknown() for _ in batch])
             self._lost()
             return
@@ -166,8 +173,20 @@ class CommittingProcess:
             return
         self._process, self._pipe = started.result()
         if self._loop is not None:
-            self._loop.add_reader(self._pipe.fileno(), self._receive)
+            _read_on(self._loop, self._pipe, self._receive)
         self._send()
+
+
+def _read_on(
+    loop: asyncio.AbstractEventLoop, pipe: Connection, receive: Callable[[], None]
+) -> None:
+    """Call `receive` on `loop` when `pipe` turns readable. The pipe stays blocking
+    (uvloop makes a watched descriptor non-blocking): a message arrives in more
+    than one piece when it is longer than 16 KiB, and `Connection.recv` must
+    wait for the rest instead of failing. The committing process writes it all
+    at once, so the wait is short."""
+    loop.add_reader(pipe.fileno(), receive)
+    os.set_blocking(pipe.fileno(), True)
 
 
 def _spawn(settings: Settings) -> tuple[BaseProcess, Connection]:
@@ -185,6 +204,14 @@ def _spawn(settings: Settings) -> tuple[BaseProcess, Connection]:
         process.join()
         raise Unavailable("the committing process did not start", code="committer-not-started")
     return process, ours
+
+
+def _exit_code(process: BaseProcess | None) -> int | None:
+    """The exit code of a process whose pipe closed (negative: the signal that ended it)."""
+    if process is None:
+        return None
+    process.join(1.0)
+    return process.exitcode
 
 
 def _end(process: BaseProcess) -> None:
@@ -216,6 +243,7 @@ def serve_batches(settings: Settings, pipe: Connection) -> None:
     """The committing process: commit each batch the pipe brings, answer its outcomes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    faulthandler.enable()
     configure_logging(settings.log_level)
     from api.groupcommit import commit
     from api.services import Services

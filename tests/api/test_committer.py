@@ -9,21 +9,32 @@ unknown.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import timedelta
+from functools import partial
 from typing import Any
 
+import msgspec
 import pytest
 import sqlalchemy as sa
+import uvloop
 
 from api import groupcommit
-from api.committer import _portable
+from api.auth import Credentials
+from api.committer import CommittingProcess, _portable
 from api.config import Settings
+from api.groupcommit import Deferred, Request
+from api.routes.licences import check_issue, record_licences
+from inventory.accounts import TokenKind
+from inventory.db import utcnow
 from inventory.errors import Conflict
+from licensing.licences import LicenceTerms
 
 PROBLEM = "application/problem+json"
 
@@ -203,3 +214,31 @@ def test_the_committing_process_ends_cleanly_when_its_server_process_stops(world
     process = committing._process
     groupcommit.stop_committing(world.api.client.app.state.services)
     assert not process.is_alive() and process.exitcode == 0  # ended at EOF, not killed
+
+
+def test_a_batch_answered_in_several_pieces_crosses_under_uvloop(world):
+    """Forty licences issued in one batch: their answer (over 16 KiB) leaves the
+    committing process in two writes. uvloop makes the pipe it watches
+    non-blocking; the pipe must be blocking again, or reading the answer fails
+    whenever the second piece has not arrived yet (seen in bench/redeem.py)."""
+    services = world.api.client.app.state.services
+    now = utcnow()
+    terms = LicenceTerms(world.bureau.id, world.revision["id"], 1, now, now + timedelta(days=1))
+    credentials = Credentials(world.brand, None, "POST", world.api.settings.public_url)
+    work = Deferred(partial(check_issue, terms), record_licences)
+    requests = [Request(credentials, (TokenKind.brand,), work) for _ in range(40)]
+    process = CommittingProcess(services.settings, groupcommit.MAX_BATCH)
+
+    async def issue_all() -> tuple[list[Any], bool]:
+        outcomes = await asyncio.gather(*(process.run(r) for r in requests))
+        assert process._pipe is not None
+        return outcomes, os.get_blocking(process._pipe.fileno())
+
+    process.start()
+    try:
+        outcomes, blocking = uvloop.run(issue_all())
+    finally:
+        process.stop()
+    assert blocking
+    assert sum(len(o) for o in outcomes) > 16 * 1024
+    assert len({msgspec.json.decode(o)["jti"] for o in outcomes}) == 40
