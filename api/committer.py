@@ -1,13 +1,13 @@
 """The committing process: where a server process's group commit runs its batches.
 
-One Python process serves HTTP on its event loop and commits batches on a
-thread, and both take turns on one GIL: measured on 2 cores, a redemption
-batch took 4.7 ms of the committing thread's wall time for 2.8 ms of its CPU,
-and the same batches committed by a process of their own ran about twice as
-fast. So by default (``PARTVAULT_GROUP_COMMIT=process``) each server process
-starts one committing process of its own: the committing thread pickles each
-batch to it over a pipe, waits (without the GIL) for the outcomes, and the
-event loop meanwhile serves HTTP at full speed.
+One Python process serving HTTP on its event loop and committing batches on
+a thread has both take turns on one GIL: measured on 2 cores, a redemption
+batch took 4.7 ms of the committing thread's wall time for 2.8 ms of its CPU.
+So by default (``PARTVAULT_GROUP_COMMIT=process``) each server process starts
+one committing process of its own: the event loop pickles each batch to it
+over a pipe and reads the outcomes when the pipe turns readable, and serves
+HTTP meanwhile (paired runs of bench/redeem.py: issuance 1.6 and redemption
+1.36 times faster than with the thread).
 
 The committing process builds its own services from the same settings and
 runs `api.groupcommit.commit` on each batch, one at a time: the same code, the
