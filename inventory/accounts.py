@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, select
 
 from inventory.crypto.keyring import KeyRing, rewrap_rows
-from inventory.db import UTCDateTime, new_id, shared_read, utcnow
+from inventory.db import PreparedSelect, UTCDateTime, new_id, shared_read, utcnow
 from inventory.errors import Conflict, NotFound, Unauthorized
 from licensing.audit import log_event
 
@@ -196,7 +196,7 @@ def authenticate(session: Session, token: str) -> Principal:
     row = shared_read(
         session,
         ("token", digest),
-        lambda: session.execute(_TOKEN_BY_HASH, {"digest": digest}).first(),
+        lambda: _TOKEN_BY_HASH.first(session, {"digest": digest}),
     )
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         raise Unauthorized("unknown or malformed API token", code="token-invalid")
@@ -219,15 +219,17 @@ _REPRINTS_OF = sa.select(_brands.c.reprints_per_licence).where(
     _brands.c.id == sa.bindparam("brand_id")
 )
 _tokens = ApiToken.__table__  # type: ignore[attr-defined]
-_TOKEN_BY_HASH = sa.select(
-    _tokens.c.id,
-    _tokens.c.kind,
-    _tokens.c.brand_id,
-    _tokens.c.facility_id,
-    _tokens.c.token_hash,
-    _tokens.c.last_used_at,
-    _tokens.c.revoked_at,
-).where(_tokens.c.token_hash == sa.bindparam("digest"))
+_TOKEN_BY_HASH = PreparedSelect(
+    sa.select(
+        _tokens.c.id,
+        _tokens.c.kind,
+        _tokens.c.brand_id,
+        _tokens.c.facility_id,
+        _tokens.c.token_hash,
+        _tokens.c.last_used_at,
+        _tokens.c.revoked_at,
+    ).where(_tokens.c.token_hash == sa.bindparam("digest"))
+)
 #: Conditional, so that concurrent requests that all read a stale stamp write it
 #: once: the others wait for that one row lock, re-check, and update nothing.
 _TOUCH_TOKEN = (

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import JSON, Field, Session, SQLModel, select
 
-from inventory.db import UTCDateTime, new_id, shared_read, utcnow
+from inventory.db import PreparedSelect, UTCDateTime, new_id, shared_read, utcnow
 from inventory.errors import Conflict, Invalid, NotFound
 from inventory.pagination import Page, paginate
 from licensing.audit import log_event
@@ -296,7 +296,7 @@ def licensable_revision(session: Session, brand_id: str, revision_id: str) -> Li
     row = shared_read(
         session,
         ("revision", brand_id, revision_id),
-        lambda: session.execute(_LICENSABLE_REVISION, params).first(),
+        lambda: _LICENSABLE_REVISION.first(session, params),
     )
     if row is None:
         raise NotFound("no such revision", code="revision-not-found")
@@ -318,7 +318,7 @@ def current_settings(session: Session, brand_id: str, part_id: str) -> dict[str,
     row = shared_read(
         session,
         ("part-settings", brand_id, part_id),
-        lambda: session.execute(_PART_SETTINGS, params).first(),
+        lambda: _PART_SETTINGS.first(session, params),
     )
     if row is None:
         raise NotFound("no such part", code="part-not-found")
@@ -329,7 +329,7 @@ _part = Part.__table__  # type: ignore[attr-defined]
 _profile = PrintProfile.__table__  # type: ignore[attr-defined]
 _revision = Revision.__table__  # type: ignore[attr-defined]
 _with_profile = _part.outerjoin(_profile, _profile.c.id == _part.c.current_profile_id)
-_LICENSABLE_REVISION = (
+_LICENSABLE_REVISION = PreparedSelect(
     sa.select(
         _revision.c.id,
         _revision.c.part_id,
@@ -347,7 +347,7 @@ _LICENSABLE_REVISION = (
         _part.c.brand_id == sa.bindparam("brand_id"),
     )
 )
-_PART_SETTINGS = (
+_PART_SETTINGS = PreparedSelect(
     sa.select(_profile.c.settings)
     .select_from(_with_profile)
     .where(_part.c.id == sa.bindparam("part_id"), _part.c.brand_id == sa.bindparam("brand_id"))

@@ -12,6 +12,7 @@ import os
 import secrets
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -125,14 +126,17 @@ class Prepared:
         compiled = self._compiled.get(connection.dialect) or self._compile(connection.dialect)
         return _on_driver(connection, compiled.sql, compiled.parameters(params))
 
+    def _check_results(self, dialect: Dialect) -> None:
+        for column in getattr(self._statement, "exported_columns", ()):
+            if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None:
+                raise TypeError(f"column {column.name} needs converting: not for Prepared")
+
     def _compile(self, dialect: Dialect) -> _DriverStatement:
         compiled = self._statement.compile(dialect=dialect)
         assert isinstance(compiled, sa.sql.compiler.SQLCompiler)
         if compiled.literal_execute_params or compiled.post_compile_params:
             raise TypeError("statements with expanding parameters cannot be prepared")
-        for column in getattr(self._statement, "exported_columns", ()):
-            if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None:
-                raise TypeError(f"column {column.name} needs converting: not for Prepared")
+        self._check_results(dialect)
         names = compiled.positiontup if compiled.positional else list(compiled.bind_names.values())
         assert names is not None
         binds = [compiled.binds[name] for name in names]
@@ -145,6 +149,41 @@ class Prepared:
         )
         self._compiled[dialect] = driver
         return driver
+
+
+class PreparedSelect(Prepared):
+    """A `Prepared` SELECT whose rows are converted as SQLAlchemy converts them (its
+    result processors: datetimes, JSON, booleans) into records named like its
+    columns (``row.status``). For the reads every batch of the group commit
+    makes once (token, facility, certifications, licence, signing key, part
+    profile): ``Session.execute`` took about 39 µs per read on SQLite, the
+    driver 2 µs."""
+
+    def __init__(self, statement: sa.Select[Any]) -> None:
+        super().__init__(statement)
+        self._columns = list(statement.selected_columns)
+        self._record = namedtuple("Record", [str(column.key) for column in self._columns])  # type: ignore[misc]
+        self._converters: dict[Dialect, tuple[Callable[[Any], Any] | None, ...]] = {}
+
+    def all(self, session: Session, params: Mapping[str, Any]) -> list[Any]:
+        """The converted rows for `params`, in the session's transaction."""
+        rows = self.rows(session, params)
+        converters = self._converters[session.get_bind().dialect]
+        return [
+            self._record(*(v if c is None else c(v) for v, c in zip(row, converters, strict=True)))
+            for row in rows
+        ]
+
+    def first(self, session: Session, params: Mapping[str, Any]) -> Any | None:
+        """The first converted row for `params`, or None."""
+        rows = self.all(session, params)
+        return rows[0] if rows else None
+
+    def _check_results(self, dialect: Dialect) -> None:
+        self._converters[dialect] = tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in self._columns
+        )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from sqlmodel import JSON, Field, Session, SQLModel, select
 
 from inventory.accounts import Principal, TokenKind, issue_token
-from inventory.db import UTCDateTime, new_id, shared_read, utcnow
+from inventory.db import PreparedSelect, UTCDateTime, new_id, shared_read, utcnow
 from inventory.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from licensing.audit import log_event
 from licensing.audit.events import format_time
@@ -361,7 +361,7 @@ def require_certification(
     certifications = shared_read(
         session,
         ("certifications", brand_id, facility_id),
-        lambda: session.execute(_CERTIFICATIONS_OF, params).all(),
+        lambda: _CERTIFICATIONS_OF.all(session, params),
     )
     for cert in certifications:
         reason = certification_covers(cert, process, material, now)
@@ -379,7 +379,7 @@ def require_approved(session: Session, facility_id: str) -> str:
     row = shared_read(
         session,
         ("facility", facility_id),
-        lambda: session.execute(_FACILITY_STANDING, {"facility_id": facility_id}).first(),
+        lambda: _FACILITY_STANDING.first(session, {"facility_id": facility_id}),
     )
     if row is None:
         raise NotFound("no such facility", code="facility-not-found")
@@ -390,10 +390,12 @@ def require_approved(session: Session, facility_id: str) -> str:
 
 _facility = Facility.__table__  # type: ignore[attr-defined]
 _certification = Certification.__table__  # type: ignore[attr-defined]
-_FACILITY_STANDING = sa.select(_facility.c.status, _facility.c.pop_jkt).where(
-    _facility.c.id == sa.bindparam("facility_id")
+_FACILITY_STANDING = PreparedSelect(
+    sa.select(_facility.c.status, _facility.c.pop_jkt).where(
+        _facility.c.id == sa.bindparam("facility_id")
+    )
 )
-_CERTIFICATIONS_OF = (
+_CERTIFICATIONS_OF = PreparedSelect(
     sa.select(
         _certification.c.status,
         _certification.c.expires_at,

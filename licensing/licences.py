@@ -24,6 +24,7 @@ from inventory.accounts import Principal, reprint_allowance
 from inventory.catalog import PartStatus
 from inventory.db import (
     Prepared,
+    PreparedSelect,
     UTCDateTime,
     insert_all,
     insert_all_absent,
@@ -484,7 +485,7 @@ def _licence_for_claims(
     row = shared_read(
         session,
         ("licence", jti),
-        lambda: session.execute(_LICENCE_BY_JTI, {"jti": jti}).first(),
+        lambda: _LICENCE_BY_JTI.first(session, {"jti": jti}),
     )
     if row is None or row.facility_id != principal.facility_id:
         raise NotFound("no such licence", code="licence-not-found")
@@ -547,7 +548,7 @@ def _fresh_serials(count: int) -> list[int]:
 
 
 _licence = Licence.__table__  # type: ignore[attr-defined]
-_LICENCE_BY_JTI = sa.select(_licence).where(_licence.c.jti == sa.bindparam("jti"))
+_LICENCE_BY_JTI = PreparedSelect(sa.select(_licence).where(_licence.c.jti == sa.bindparam("jti")))
 #: The exactly-once count: the database decides which concurrent redemptions win.
 _COUNT_PRINTS = Prepared(
     sa.update(_licence)

@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from inventory.crypto.keyring import KeyRing, rewrap_rows
-from inventory.db import UTCDateTime, insert_if_absent, shared_read, utcnow
+from inventory.db import PreparedSelect, UTCDateTime, insert_if_absent, shared_read, utcnow
 from inventory.errors import Conflict, Unavailable
 from licensing.tokens._jose import ALG
 from licensing.tokens.signer import new_ed25519_key
@@ -197,7 +197,7 @@ def published_key(session: Session, kid: str, now: datetime) -> Ed25519PublicKey
     row = shared_read(
         session,
         ("published-key", kid),
-        lambda: session.execute(_PUBLISHED_BY_KID, {"kid": kid, "now": now}).first(),
+        lambda: _PUBLISHED_BY_KID.first(session, {"kid": kid, "now": now}),
     )
     return None if row is None else _public_key(row.kid, row.public_jwk)
 
@@ -245,8 +245,10 @@ _CURRENT_KEY = sa.select(_keys.c.kid, _keys.c.wrapped_private_key, _keys.c.verif
 )
 #: The publication rule: the current key, and retired keys still needed at ``:now``.
 _STILL_PUBLISHED = sa.or_(_keys.c.retired_at.is_(None), _keys.c.verify_until > sa.bindparam("now"))
-_PUBLISHED_BY_KID = sa.select(_keys.c.kid, _keys.c.public_jwk).where(
-    _keys.c.kid == sa.bindparam("kid"), _STILL_PUBLISHED
+_PUBLISHED_BY_KID = PreparedSelect(
+    sa.select(_keys.c.kid, _keys.c.public_jwk).where(
+        _keys.c.kid == sa.bindparam("kid"), _STILL_PUBLISHED
+    )
 )
 #: kid → unwrapped private key, filled by `_unwrapped`.
 _private_keys: dict[str, Ed25519PrivateKey] = {}

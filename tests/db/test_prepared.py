@@ -14,6 +14,7 @@ from tests_support import create_pg_database, drop_pg_database
 
 from inventory.db import (
     Prepared,
+    PreparedSelect,
     UTCDateTime,
     insert_all_absent,
     insert_if_absent,
@@ -82,6 +83,26 @@ def test_a_missing_parameter_fails_before_anything_is_sent(session: Session) -> 
 def test_results_that_need_converting_are_refused(session: Session) -> None:
     with pytest.raises(TypeError, match="at needs converting"):
         Prepared(sa.select(_PROBE.c.at)).rows(session, {})
+
+
+_SELECT = PreparedSelect(
+    sa.select(_PROBE.c.at, _PROBE.c.facts, _PROBE.c.flag, _PROBE.c.count, _PROBE.c.id)
+    .where(_PROBE.c.id >= sa.bindparam("first"))
+    .order_by(_PROBE.c.id)
+)
+
+
+def test_a_prepared_select_converts_its_rows_as_sqlalchemy_would(session: Session) -> None:
+    _INSERT.rows(session, _row())
+    _INSERT.rows(session, _row(id="b", at=None, facts=None, flag=False))
+    expected = session.execute(_SELECT._statement, {"first": "a"}).all()
+    got = _SELECT.all(session, {"first": "a"})
+    assert [tuple(r) for r in got] == [tuple(r) for r in expected]
+    assert got[0] == (AT, {"k": [1, "x"]}, True, 0, "a")
+    assert got[0].at.tzinfo is not None and got[0].facts == {"k": [1, "x"]}
+    assert got[0].flag is True and got[1].flag is False and got[1].at is None
+    assert _SELECT.first(session, {"first": "b"}).id == "b"
+    assert _SELECT.first(session, {"first": "c"}) is None
 
 
 def test_pending_orm_changes_are_flushed_first(session: Session) -> None:
