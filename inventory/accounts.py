@@ -135,14 +135,12 @@ def get_brand(session: Session, brand_id: str) -> Brand:
 
 def reprint_allowance(session: Session, brand_id: str) -> int:
     """The failed prints a new licence of this brand may re-print (its current policy)."""
-    allowance = shared_read(
-        session,
-        ("reprints", brand_id),
-        lambda: session.execute(_REPRINTS_OF, {"brand_id": brand_id}).scalar(),
+    brand = shared_read(
+        session, ("reprints", brand_id), lambda: _REPRINTS_OF.first(session, {"brand_id": brand_id})
     )
-    if allowance is None:
+    if brand is None:
         raise NotFound("no such brand", code="brand-not-found")
-    return int(allowance)
+    return int(brand.reprints_per_licence)
 
 
 def set_reprint_policy(session: Session, brand_id: str, reprints: int, *, actor: str) -> Brand:
@@ -215,8 +213,8 @@ def _touch(session: Session, params: dict[str, Any]) -> None:
 
 
 _brands = Brand.__table__  # type: ignore[attr-defined]
-_REPRINTS_OF = sa.select(_brands.c.reprints_per_licence).where(
-    _brands.c.id == sa.bindparam("brand_id")
+_REPRINTS_OF = PreparedSelect(
+    sa.select(_brands.c.reprints_per_licence).where(_brands.c.id == sa.bindparam("brand_id"))
 )
 _tokens = ApiToken.__table__  # type: ignore[attr-defined]
 _TOKEN_BY_HASH = PreparedSelect(

@@ -166,7 +166,7 @@ def current_signer(session: Session, keyring: KeyRing) -> StoredKeySigner:
 
 
 def _current_signer(session: Session, keyring: KeyRing) -> StoredKeySigner:
-    row = session.execute(_CURRENT_KEY).first()
+    row = _CURRENT_KEY.first(session, {})
     if row is None:
         raise Unavailable(
             "no licence signing key; run ensure_signing_key", code="signing-key-missing"
@@ -240,8 +240,10 @@ def _current_row(session: Session, *, for_update: bool = False) -> LicenceSignin
 
 
 _keys = LicenceSigningKey.__table__  # type: ignore[attr-defined]
-_CURRENT_KEY = sa.select(_keys.c.kid, _keys.c.wrapped_private_key, _keys.c.verify_until).where(
-    _keys.c.is_current.is_(True)
+_CURRENT_KEY = PreparedSelect(
+    sa.select(_keys.c.kid, _keys.c.wrapped_private_key, _keys.c.verify_until).where(
+        _keys.c.is_current.is_(True)
+    )
 )
 #: The publication rule: the current key, and retired keys still needed at ``:now``.
 _STILL_PUBLISHED = sa.or_(_keys.c.retired_at.is_(None), _keys.c.verify_until > sa.bindparam("now"))
