@@ -120,9 +120,9 @@ class CommittingProcess:
             self._waiting[:0] = batch
             self._in_hand = []
             self._lost()
-        except Exception as exc:  # a request that does not pickle: a bug
+        except Exception as exc:  # a request that does not pickle (a bug) fails alone
             self._in_hand = []
-            _settle_all(batch, [exc] * len(batch))
+            self._waiting[:0] = _failing_unpicklable(batch, exc)
             self._send()
 
     def _receive(self) -> None:
@@ -177,6 +177,23 @@ class CommittingProcess:
         self._send()
 
 
+def _failing_unpicklable(batch: list[Queued], failure: Exception) -> list[Queued]:
+    """The requests of `batch` that pickle; each of the others fails with its error
+    (all of them with `failure`, if each pickles alone)."""
+    picklable = []
+    for queued in batch:
+        try:
+            pickle.dumps(queued[0])
+        except Exception as exc:
+            _settle_all([queued], [exc])
+        else:
+            picklable.append(queued)
+    if len(picklable) == len(batch):
+        _settle_all(batch, [failure] * len(batch))
+        return []
+    return picklable
+
+
 def _read_on(
     loop: asyncio.AbstractEventLoop, pipe: Connection, receive: Callable[[], None]
 ) -> None:
@@ -210,7 +227,7 @@ def _exit_code(process: BaseProcess | None) -> int | None:
     """The exit code of a process whose pipe closed (negative: the signal that ended it)."""
     if process is None:
         return None
-    process.join(1.0)
+    process.join(0.1)  # on the event loop: a process that died has exited by now
     return process.exitcode
 
 

@@ -1,6 +1,7 @@
 """Licence issuance and redemption throughput over HTTP, against the real server.
 
-Run: ``python bench/redeem.py [--db URL] [--workers 1,2] [--seconds 5] [--connections 16]``
+Run: ``python bench/redeem.py [--db URL] [--workers 1,2] [--seconds 5] [--connections 16]
+[--group-commit process|thread]``
 
 For each worker count it starts ``partvault serve --workers W`` on a fresh
 SQLite file (default) or a fresh database created on the PostgreSQL server of
@@ -90,7 +91,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(data_dir: Path, database_url: str, workers: int) -> Server:
+def start_server(
+    data_dir: Path, database_url: str, workers: int, group_commit: str = "process"
+) -> Server:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARTVAULT_")} | {
@@ -98,6 +101,7 @@ def start_server(data_dir: Path, database_url: str, workers: int) -> Server:
         "PARTVAULT_DATABASE_URL": database_url,
         "PARTVAULT_PUBLIC_URL": base,
         "PARTVAULT_LOG_LEVEL": "WARNING",
+        "PARTVAULT_GROUP_COMMIT": group_commit,
     }
     out, log = data_dir.parent / f"stdout-{workers}.txt", data_dir.parent / f"stderr-{workers}.txt"
     with out.open("wb") as stdout, log.open("wb") as stderr:
@@ -531,6 +535,12 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each phase")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections")
+    parser.add_argument(
+        "--group-commit",
+        choices=("process", "thread"),
+        default="process",
+        help="where each server process commits its batches (PARTVAULT_GROUP_COMMIT)",
+    )
     args = parser.parse_args()
     backend = "PostgreSQL" if args.db else "SQLite"
     summary = []
@@ -541,10 +551,11 @@ def main() -> None:
         ):
             data = Path(tmp) / "data"
             print(
-                f"{backend}, {workers} worker(s), {args.connections} connections, "
+                f"{backend}, {workers} worker(s), group commit in a {args.group_commit},"
+                f" {args.connections} connections, "
                 f"{args.seconds:g} s per phase"
             )
-            server = start_server(data, url, workers)
+            server = start_server(data, url, workers, args.group_commit)
             try:
                 tenant = set_up(server.base, server.admin)
                 rates = bench(server, tenant, args.connections, args.seconds)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
 import threading
 import time
@@ -242,3 +243,29 @@ def test_a_batch_answered_in_several_pieces_crosses_under_uvloop(world):
     assert blocking
     assert sum(len(o) for o in outcomes) > 16 * 1024
     assert len({msgspec.json.decode(o)["jti"] for o in outcomes}) == 40
+
+
+def test_a_request_that_does_not_pickle_fails_alone(world):
+    """A request whose work cannot cross to the committing process (a bug: a
+    closure instead of a module-level function) fails with its pickling error;
+    the request queued in the same batch commits."""
+    services = world.api.client.app.state.services
+    now = utcnow()
+    terms = LicenceTerms(world.bureau.id, world.revision["id"], 1, now, now + timedelta(days=1))
+    credentials = Credentials(world.brand, None, "POST", world.api.settings.public_url)
+    good = Request(
+        credentials, (TokenKind.brand,), Deferred(partial(check_issue, terms), record_licences)
+    )
+    closure = Request(credentials, (TokenKind.brand,), Deferred(lambda *_: None, record_licences))
+    process = CommittingProcess(services.settings, groupcommit.MAX_BATCH)
+
+    async def in_one_batch() -> list[Any]:
+        return await asyncio.gather(process.run(closure), process.run(good), return_exceptions=True)
+
+    process.start()
+    try:
+        failure, issued = asyncio.run(in_one_batch())
+    finally:
+        process.stop()
+    assert isinstance(failure, (pickle.PicklingError, AttributeError, TypeError))
+    assert msgspec.json.decode(issued)["prints_total"] == 1
