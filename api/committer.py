@@ -137,10 +137,10 @@ class CommittingProcess:
                     len(batch),
                     _exit_code(self._process),
                 )
-            _settle_all(batch, [_unknown() for _ in batch])
+            settle_all(batch, [_unknown() for _ in batch])
             self._lost()
             return
-        _settle_all(batch, outcomes)
+        settle_all(batch, outcomes)
         self._send()
 
     def _lost(self) -> None:
@@ -169,7 +169,7 @@ class CommittingProcess:
         failure = started.exception()
         if failure is not None:
             waiting, self._waiting = self._waiting, []
-            _settle_all(waiting, [failure] * len(waiting))
+            settle_all(waiting, [failure] * len(waiting))
             return
         self._process, self._pipe = started.result()
         if self._loop is not None:
@@ -185,11 +185,11 @@ def _failing_unpicklable(batch: list[Queued], failure: Exception) -> list[Queued
         try:
             pickle.dumps(queued[0])
         except Exception as exc:
-            _settle_all([queued], [exc])
+            settle_all([queued], [exc])
         else:
             picklable.append(queued)
     if len(picklable) == len(batch):
-        _settle_all(batch, [failure] * len(batch))
+        settle_all(batch, [failure] * len(batch))
         return []
     return picklable
 
@@ -238,7 +238,9 @@ def _end(process: BaseProcess) -> None:
         process.join()
 
 
-def _settle_all(batch: list[Queued], outcomes: list[Outcome]) -> None:
+def settle_all(batch: list[Queued], outcomes: list[Outcome]) -> None:
+    """Answer each waiting request of `batch` with its outcome (on the event loop),
+    whether it was committed in a committing process or on a committing thread."""
     for (_, answer), outcome in zip(batch, outcomes, strict=True):
         if answer.done():  # its client went away meanwhile
             continue

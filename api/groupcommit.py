@@ -60,7 +60,7 @@ import msgspec
 from sqlmodel import Session
 
 from api.auth import Credentials, authorize, check_proof_ahead
-from api.committer import CommittingProcess
+from api.committer import CommittingProcess, settle_all
 from api.problems import problem_body
 from api.services import Services
 from inventory.accounts import Principal, TokenKind, hash_token
@@ -213,7 +213,7 @@ def _commit_waiting(services: Services, queue: _Queue) -> None:
     while batch := _next_batch(queue):
         outcomes = commit(services, [request for request, _ in batch])
         try:
-            queue.loop.call_soon_threadsafe(_settle_all, batch, outcomes)
+            queue.loop.call_soon_threadsafe(settle_all, batch, outcomes)
         except RuntimeError:  # the loop is closed: nobody waits for an answer any more
             return
 
@@ -424,18 +424,3 @@ def _store_refusal(
     assert request.once is not None
     body = problem_body(refusal, request.once.path, request.once.request_id)
     idempotency.finish(session, record_id, refusal.status, body)
-
-
-def _settle_all(batch: list[Queued], outcomes: list[Outcome]) -> None:
-    for (_, answer), outcome in zip(batch, outcomes, strict=True):
-        _settle(answer, outcome)
-
-
-def _settle(answer: asyncio.Future[bytes | Replay], outcome: Outcome) -> None:
-    """Answer a waiting request (unless its client went away meanwhile)."""
-    if answer.done():
-        return
-    if isinstance(outcome, BaseException):
-        answer.set_exception(outcome)
-    else:
-        answer.set_result(outcome)
